@@ -1,0 +1,1 @@
+//! nemflow testkit.
