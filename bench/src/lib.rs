@@ -1,0 +1,1 @@
+//! Side-by-side benchmarks of nemflow against its anchors; see BENCHMARKS.md.
