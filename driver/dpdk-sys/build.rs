@@ -9,7 +9,11 @@ use std::process::{exit, Command};
 const MIN_DPDK: &str = "22.11";
 
 /// Packed structs nested inside packed structs, which Rust cannot represent; treated as opaque.
-const OPAQUE: &[&str] = &["rte_l2tpv2_combined_msg_hdr", "rte_gtp_psc_generic_hdr", "rte_arp_hdr"];
+const OPAQUE: &[&str] = &[
+    "rte_l2tpv2_combined_msg_hdr",
+    "rte_gtp_psc_generic_hdr",
+    "rte_arp_hdr",
+];
 
 fn fail(msg: &str) -> ! {
     eprintln!("error: {msg}");
@@ -23,18 +27,28 @@ fn dpdk_cflags() -> Vec<String> {
     let out = Command::new(&pkg_config)
         .args(["--cflags", "libdpdk"])
         .output()
-        .unwrap_or_else(|e| fail(&format!("cannot run {pkg_config}: {e}; install it with `apt-get install pkg-config`")));
+        .unwrap_or_else(|e| {
+            fail(&format!(
+                "cannot run {pkg_config}: {e}; install it with `apt-get install pkg-config`"
+            ))
+        });
     if !out.status.success() {
         fail("pkg-config --cflags libdpdk failed");
     }
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn main() {
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
-    let lib = match pkg_config::Config::new().atleast_version(MIN_DPDK).probe("libdpdk") {
+    let lib = match pkg_config::Config::new()
+        .atleast_version(MIN_DPDK)
+        .probe("libdpdk")
+    {
         Ok(lib) => lib,
         Err(e) => {
             let first = e.to_string().lines().next().unwrap_or_default().to_owned();
@@ -47,7 +61,9 @@ fn main() {
     println!("cargo:version={}", lib.version);
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap_or_else(|_| fail("OUT_DIR not set")));
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| fail("CARGO_MANIFEST_DIR not set")));
+    let manifest = PathBuf::from(
+        env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| fail("CARGO_MANIFEST_DIR not set")),
+    );
     let header = manifest.join("wrapper.h");
     let cflags = dpdk_cflags();
     let wrappers = out_dir.join("static_fns");
@@ -68,15 +84,19 @@ fn main() {
     for ty in OPAQUE {
         builder = builder.opaque_type(*ty);
     }
-    let bindings = builder
-        .generate()
-        .unwrap_or_else(|e| fail(&format!("bindgen over the DPDK headers failed: {e}; is libclang-dev installed?")));
+    let bindings = builder.generate().unwrap_or_else(|e| {
+        fail(&format!(
+            "bindgen over the DPDK headers failed: {e}; is libclang-dev installed?"
+        ))
+    });
     bindings
         .write_to_file(out_dir.join("bindings.rs"))
         .unwrap_or_else(|e| fail(&format!("cannot write bindings: {e}")));
 
     let mut cc = cc::Build::new();
-    cc.file(wrappers.with_extension("c")).include(&manifest).warnings(false);
+    cc.file(wrappers.with_extension("c"))
+        .include(&manifest)
+        .warnings(false);
     for flag in &cflags {
         cc.flag(flag);
     }

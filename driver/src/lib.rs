@@ -1,1 +1,11 @@
-//! nemflow driver.
+//! The nemflow driver: owns the NIC through DPDK and does only what must be shared —
+//! demultiplex received frames to per-flow channels, check and schedule transmissions.
+//!
+//! [`dpdk`] is the safe layer over DPDK (the only module that calls `dpdk_sys`); [`port`] is the
+//! trait the data path is written against, with the DPDK port and an in-memory port for tests.
+
+pub mod dpdk;
+pub mod port;
+pub mod preflight;
+pub mod smoke;
+pub mod tap_peer;

@@ -1,0 +1,76 @@
+//! The remote host on the kernel side of a net_tap port: a network namespace that receives the
+//! tap interface, with an address and the link up. Deleted again on drop.
+
+use std::process::Command;
+
+use nemflow_config::Ipv4Cidr;
+
+/// Setting up the peer namespace failed.
+#[derive(Debug, thiserror::Error)]
+#[error("setting up the tap peer: `ip {cmd}` failed: {why}")]
+pub struct TapPeerError {
+    cmd: String,
+    why: String,
+}
+
+/// A network namespace owning the kernel side of the tap.
+#[derive(Debug)]
+pub struct TapPeer {
+    netns: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), TapPeerError> {
+    let err = |why: String| TapPeerError {
+        cmd: args.join(" "),
+        why,
+    };
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| err(format!("{e} (is iproute2 installed?)")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(err(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
+    }
+}
+
+impl TapPeer {
+    /// Creates `netns`, moves `iface` into it, gives it `addr` and brings it up. IPv6 is
+    /// switched off on the interface so the kernel does not chatter on the link.
+    ///
+    /// net_tap gives the kernel interface the port's own MAC; the peer gets its own,
+    /// `02:4e:46:ff:XX:YY` from the last two bytes of its address, so that the link has two
+    /// distinct stations.
+    pub fn setup(netns: &str, iface: &str, addr: Ipv4Cidr) -> Result<Self, TapPeerError> {
+        ip(&["netns", "add", netns])?;
+        let peer = Self {
+            netns: netns.to_owned(),
+        };
+        ip(&["link", "set", iface, "netns", netns])?;
+        let _ = ip(&["-n", netns, "link", "set", "lo", "up"]);
+        let _ = Command::new("ip")
+            .args(["netns", "exec", netns, "sysctl", "-qw"])
+            .arg(format!("net.ipv6.conf.{iface}.disable_ipv6=1"))
+            .output();
+        let [.., a, b] = addr.addr().octets();
+        let mac = format!("02:4e:46:ff:{a:02x}:{b:02x}");
+        ip(&["-n", netns, "link", "set", iface, "address", &mac])?;
+        ip(&["-n", netns, "addr", "add", &addr.to_string(), "dev", iface])?;
+        ip(&["-n", netns, "link", "set", iface, "up"])?;
+        Ok(peer)
+    }
+
+    /// The namespace's name.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+}
+
+impl Drop for TapPeer {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.netns]) {
+            tracing::warn!("{e}");
+        }
+    }
+}
