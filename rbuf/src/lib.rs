@@ -1,1 +1,99 @@
-//! nemflow rbuf.
+//! Rbuf channels: nemflow's cross-process packet channels between an application and the driver
+//! (DESIGN.md §2, the Nemesis paper §2.2).
+//!
+//! A *simplex* channel is a **data area** (a sealed memfd, hugetlb-backed where available) and a
+//! **control area** (a second sealed memfd) holding two FIFOs of fixed-size iorec slots: the
+//! *full* FIFO (producer → consumer, "here is a packet") and the *empty* FIFO (consumer →
+//! producer, "this buffer is yours again"). FIFO indices are free-running 32-bit event counts;
+//! each side polls them (non-blocking) or sleeps on its eventfd until they move (blocking).
+//!
+//! # Who uses what
+//! - The flow manager calls [`create`] and sends the [`ChannelFds`] (and the [`ChannelSpec`]) to
+//!   both sides with [`fdpass::send_fds`]; the side that only reads the data area gets
+//!   [`ChannelFds::with_read_only_data`].
+//! - **TMM** (transmit master, app → driver): the app is [`tmm::Producer`] (it owns the buffer
+//!   allocator), the driver is [`tmm::Consumer`].
+//! - **RMM** (receive master, driver → app): the app is [`rmm::Consumer`] (it owns the allocator
+//!   and posts empty buffers first; its data mapping is read-only), the driver is
+//!   [`rmm::Producer`].
+//!
+//! # Trust
+//! Each side treats the other as hostile. Attaching checks every fd (a memfd sealed with
+//! `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, of the size the trusted spec implies; eventfds are
+//! eventfds). Each side keeps its own indices privately, reads the peer's index once (Acquire) and
+//! rejects a backward move or a jump past what is possible ([`IndexError`]: the channel is then
+//! marked broken). Each iorec is copied out of shared memory once into a plain [`IoRec`] and
+//! validated (count, bounds with overflow-checked arithmetic, length); a master also checks that
+//! what comes back is a buffer it handed out. Every violation is an [`Error`] and a [`Counters`]
+//! entry; nothing panics and nothing reads outside a mapping. No Rust reference is ever made to
+//! peer-writable bytes: the control area is all atomics, data is copied with raw pointers. (The
+//! app's `&mut [u8]`/`&[u8]` views are of buffers it holds, which its trusted peer does not touch.)
+//!
+//! A hostile application can still punch holes in its own memfds (`fallocate`): on small pages
+//! the driver then reads zeros; on huge pages a later fault could fail, which is why
+//! hugetlb-backed areas are fully reserved at creation and should be given to trusted apps only.
+//!
+//! # Example: TMM (app → driver)
+//! ```
+//! use nemflow_rbuf::{create, tmm, ChannelSpec, IoRec};
+//! let spec = ChannelSpec { data_bytes: 1 << 16, slots: 64, max_packet_bytes: 2048, hugetlb: false };
+//! let fds = create(&spec)?; // flow manager
+//! let mut app = tmm::Producer::attach(&spec, fds.try_clone()?)?;
+//! let mut drv = tmm::Consumer::attach(&spec, fds.with_read_only_data()?)?;
+//!
+//! let ext = app.alloc(5)?.expect("a free buffer");
+//! app.buf_mut(ext)?.copy_from_slice(b"hello");
+//! app.push(IoRec::single(ext, 0))?;
+//!
+//! let rec = drv.pop()?.expect("an iorec"); // validated
+//! let mut frame = [0u8; 2048];
+//! let n = drv.copy_out(&rec, &mut frame)?;
+//! assert_eq!(&frame[..n], b"hello");
+//! drv.release(rec)?;
+//! assert_eq!(app.reclaim()?, 1);
+//! # Ok::<(), nemflow_rbuf::Error>(())
+//! ```
+//!
+//! # Example: RMM (driver → app)
+//! ```
+//! use nemflow_rbuf::{create, rmm, ChannelSpec};
+//! use std::time::Duration;
+//! let spec = ChannelSpec { data_bytes: 1 << 16, slots: 64, max_packet_bytes: 2048, hugetlb: false };
+//! let fds = create(&spec)?;
+//! let mut app = rmm::Consumer::attach(&spec, fds.with_read_only_data()?)?;
+//! let mut drv = rmm::Producer::attach(&spec, fds.try_clone()?)?;
+//!
+//! app.post_free()?; // empty buffers first
+//! match drv.take_empty()? {
+//!     Some(buf) => {
+//!         drv.copy_in(&buf, b"frame")?;
+//!         drv.push_full(buf, 5)?;
+//!     }
+//!     None => { /* no buffer: drop the frame, count it for this flow */ }
+//! }
+//! app.wait_ready(Duration::from_millis(100))?; // or poll app.as_fd() in an event loop
+//! let pkt = app.pop()?.expect("a packet");
+//! assert_eq!(app.payload(&pkt), b"frame");
+//! app.repost(pkt)?;
+//! # Ok::<(), nemflow_rbuf::Error>(())
+//! ```
+
+pub mod channel;
+pub mod counters;
+pub mod error;
+mod event;
+pub mod fdpass;
+pub mod iorec;
+mod pool;
+pub mod region;
+pub mod ring;
+pub mod rmm;
+pub mod spec;
+pub mod testing;
+pub mod tmm;
+
+pub use channel::{create, ChannelFds, CHANNEL_FDS};
+pub use counters::Counters;
+pub use error::{Error, FifoId, IndexError, IoRecError, RegionError, Result};
+pub use iorec::{Extent, IoRec, Limits, MAX_EXTENTS, SLOT_BYTES};
+pub use spec::ChannelSpec;

@@ -1,0 +1,162 @@
+//! Blocking on event counts: a "sleeping" flag in shared memory plus an eventfd per side.
+//!
+//! The waiter sets its flag, issues a SeqCst fence and checks its condition once more before it
+//! sleeps on its eventfd; a notifier publishes its index, issues a SeqCst fence and writes the
+//! waiter's eventfd only if the flag is set (swapping it to 0, so one write per sleep). The two
+//! fences order "flag set → condition read" against "index stored → flag read" (Dekker), so a wake
+//! cannot be lost, and when nobody sleeps the fast path costs a fence and a load: no system call.
+//!
+//! A hostile peer can clear our flag (we then sleep until our timeout) or write our eventfd (we
+//! wake, re-check and sleep again); every blocking call takes a timeout, so neither blocks forever.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+
+use crate::counters::Counters;
+use crate::error::{Error, Result};
+
+/// One side's half of the blocking machinery.
+#[derive(Debug)]
+pub(crate) struct Waker {
+    /// Our flag (set while we sleep), in the shared control area.
+    my_flag: NonNull<AtomicU32>,
+    /// The peer's flag.
+    peer_flag: NonNull<AtomicU32>,
+    /// Readable when the peer signalled us.
+    my_event: OwnedFd,
+    /// Written to wake the peer.
+    peer_event: OwnedFd,
+    /// Times we went to sleep.
+    pub sleeps: u64,
+    /// Times we wrote the peer's eventfd.
+    pub wakeups_sent: u64,
+    /// Blocking calls that timed out.
+    pub timeouts: u64,
+}
+
+// SAFETY: the flags point into the control mapping owned by the same endpoint; fds are plain.
+unsafe impl Send for Waker {}
+
+impl Waker {
+    pub(crate) fn new(
+        my_flag: NonNull<AtomicU32>,
+        peer_flag: NonNull<AtomicU32>,
+        my_event: OwnedFd,
+        peer_event: OwnedFd,
+    ) -> Self {
+        Waker {
+            my_flag,
+            peer_flag,
+            my_event,
+            peer_event,
+            sleeps: 0,
+            wakeups_sent: 0,
+            timeouts: 0,
+        }
+    }
+
+    fn my_flag(&self) -> &AtomicU32 {
+        // SAFETY: points to an atomic in the control mapping, alive as long as the endpoint.
+        unsafe { self.my_flag.as_ref() }
+    }
+
+    fn peer_flag(&self) -> &AtomicU32 {
+        // SAFETY: as for `my_flag`.
+        unsafe { self.peer_flag.as_ref() }
+    }
+
+    /// Called after every index store: wakes the peer if it sleeps.
+    #[inline]
+    pub(crate) fn notify_peer(&mut self) {
+        // SeqCst fence: orders our index store (above) before the flag load; pairs with the fence
+        // in `arm` between the waiter's flag store and its condition check.
+        fence(Ordering::SeqCst);
+        if self.peer_flag().load(Ordering::Relaxed) != 0
+            && self.peer_flag().swap(0, Ordering::Relaxed) != 0
+        {
+            self.wakeups_sent += 1;
+            // EAGAIN (counter saturated by a hostile peer) still leaves the fd readable: ignore.
+            let _ = rustix::io::write(&self.peer_event, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Sets our flag before sleeping; the caller re-checks its condition afterwards.
+    #[inline]
+    pub(crate) fn arm(&self) {
+        self.my_flag().store(1, Ordering::Relaxed);
+        // SeqCst fence: the flag store is visible before our condition re-check reads the peer's
+        // index; pairs with the fence in `notify_peer`.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Clears our flag and drains our eventfd.
+    pub(crate) fn disarm(&self) {
+        self.my_flag().store(0, Ordering::Relaxed);
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.my_event, &mut buf);
+    }
+
+    /// Sleeps on our eventfd for at most `timeout`.
+    pub(crate) fn sleep(&mut self, timeout: Duration) -> Result<()> {
+        self.sleeps += 1;
+        let ts = rustix::event::Timespec {
+            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&self.my_event, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(Error::os("poll eventfd", e)),
+        }
+    }
+
+    /// Blocks until `ready()` is true or `timeout` passes.
+    pub(crate) fn wait<F>(&mut self, timeout: Duration, mut ready: F) -> Result<()>
+    where
+        F: FnMut() -> Result<bool>,
+    {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if ready()? {
+                return Ok(());
+            }
+            self.arm();
+            let r = ready();
+            if !matches!(r, Ok(false)) {
+                self.disarm();
+                return r.map(|_| ());
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                self.disarm();
+                self.timeouts += 1;
+                return Err(Error::Timeout);
+            }
+            let r = self.sleep(left);
+            self.disarm();
+            r?;
+        }
+    }
+
+    /// The fd that becomes readable when the peer signals us.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.my_event.as_fd()
+    }
+}
+
+impl Waker {
+    /// Adds this waker's numbers to `c`.
+    pub(crate) fn fill(&self, mut c: Counters) -> Counters {
+        c.sleeps = self.sleeps;
+        c.wakeups_sent = self.wakeups_sent;
+        c.timeouts = self.timeouts;
+        c
+    }
+}

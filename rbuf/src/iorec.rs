@@ -1,0 +1,223 @@
+//! Iorecs: the FIFO entries. A slot is four 64-bit words in shared memory; an [`IoRec`] is the
+//! private, plain copy of one slot. Every bit pattern decodes; [`IoRec::validate`] then decides.
+
+use crate::error::IoRecError;
+
+/// Most extents one iorec can carry (the slot is 32 bytes: one header word and three extents).
+pub const MAX_EXTENTS: usize = 3;
+
+/// Size of one FIFO slot in bytes.
+pub const SLOT_BYTES: usize = 32;
+
+/// A byte range of the data area, by offset (the two sides map the area at different addresses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Extent {
+    /// Offset from the start of the data area.
+    pub offset: u32,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+impl Extent {
+    /// An extent of `len` bytes at `offset`.
+    pub const fn new(offset: u32, len: u32) -> Self {
+        Extent { offset, len }
+    }
+
+    /// Checks that `[offset, offset + len)` lies inside a data area of `data_bytes`, with
+    /// overflow-checked arithmetic; `index` only labels the error.
+    #[inline]
+    pub fn check_bounds(&self, index: usize, data_bytes: u64) -> Result<(), IoRecError> {
+        let end = self
+            .offset
+            .checked_add(self.len)
+            .ok_or(IoRecError::Overflow {
+                index,
+                offset: self.offset,
+                len: self.len,
+            })?;
+        if u64::from(end) > data_bytes {
+            return Err(IoRecError::OutOfBounds {
+                index,
+                offset: self.offset,
+                len: self.len,
+                data_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The limits an iorec is checked against: the data area's size and the channel's packet limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Size of the data area in bytes.
+    pub data_bytes: u64,
+    /// Largest total length of one iorec.
+    pub max_packet_bytes: u32,
+}
+
+/// One FIFO entry, copied out of shared memory: a header (flags, extent count) and up to
+/// [`MAX_EXTENTS`] extents. A plain value: nothing here points into shared memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct IoRec {
+    /// Free for the layers above (the driver passes them through untouched).
+    pub flags: u16,
+    /// Number of extents in use. Unchecked until [`IoRec::validate`].
+    pub count: u8,
+    /// The extents; those past `count` are ignored.
+    pub extents: [Extent; MAX_EXTENTS],
+}
+
+impl IoRec {
+    /// An iorec of one extent.
+    pub const fn single(extent: Extent, flags: u16) -> Self {
+        IoRec {
+            flags,
+            count: 1,
+            extents: [extent, Extent::new(0, 0), Extent::new(0, 0)],
+        }
+    }
+
+    /// An iorec of up to [`MAX_EXTENTS`] extents (`None` if more).
+    pub fn from_extents(extents: &[Extent], flags: u16) -> Option<Self> {
+        if extents.is_empty() || extents.len() > MAX_EXTENTS {
+            return None;
+        }
+        let mut rec = IoRec {
+            flags,
+            count: extents.len() as u8,
+            ..IoRec::default()
+        };
+        rec.extents[..extents.len()].copy_from_slice(extents);
+        Some(rec)
+    }
+
+    /// The extents in use (at most [`MAX_EXTENTS`] even when `count` is larger: never panics).
+    #[inline]
+    pub fn extents(&self) -> &[Extent] {
+        &self.extents[..usize::from(self.count).min(MAX_EXTENTS)]
+    }
+
+    /// Sum of the lengths of the extents in use.
+    #[inline]
+    pub fn total_len(&self) -> u64 {
+        self.extents().iter().map(|e| u64::from(e.len)).sum()
+    }
+
+    /// Checks the count, every extent's bounds (overflow-checked) and the total length.
+    #[inline]
+    pub fn validate(&self, limits: &Limits) -> Result<(), IoRecError> {
+        if self.count == 0 || usize::from(self.count) > MAX_EXTENTS {
+            return Err(IoRecError::BadCount { count: self.count });
+        }
+        let mut total = 0u64;
+        for (index, e) in self.extents().iter().enumerate() {
+            e.check_bounds(index, limits.data_bytes)?;
+            total += u64::from(e.len);
+        }
+        if total > u64::from(limits.max_packet_bytes) {
+            return Err(IoRecError::TooLong {
+                len: total,
+                max: limits.max_packet_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The slot words: word 0 = `flags | count << 16` (bits 24..64 reserved, written 0, ignored
+    /// on decode), words 1..4 = `offset | len << 32`.
+    #[inline]
+    pub fn encode(&self) -> [u64; 4] {
+        let mut w = [u64::from(self.flags) | u64::from(self.count) << 16, 0, 0, 0];
+        for (i, e) in self.extents.iter().enumerate() {
+            w[i + 1] = u64::from(e.offset) | u64::from(e.len) << 32;
+        }
+        w
+    }
+
+    /// Decodes slot words; every bit pattern gives some `IoRec` (validate it before use).
+    #[inline]
+    pub fn decode(w: [u64; 4]) -> Self {
+        let ext = |x: u64| Extent {
+            offset: x as u32,
+            len: (x >> 32) as u32,
+        };
+        IoRec {
+            flags: w[0] as u16,
+            count: (w[0] >> 16) as u8,
+            extents: [ext(w[1]), ext(w[2]), ext(w[3])],
+        }
+    }
+
+    /// Decodes a 32-byte slot image (native endian), as a fuzzer or a test supplies it.
+    pub fn decode_bytes(b: &[u8; SLOT_BYTES]) -> Self {
+        let mut w = [0u64; 4];
+        for (i, chunk) in b.chunks_exact(8).enumerate() {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(chunk);
+            w[i] = u64::from_ne_bytes(a);
+        }
+        IoRec::decode(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits {
+        data_bytes: 1 << 20,
+        max_packet_bytes: 2048,
+    };
+
+    #[test]
+    fn golden_slot_words() {
+        let rec = IoRec::from_extents(&[Extent::new(0x40, 60), Extent::new(0x1000, 1400)], 0xBEEF)
+            .unwrap();
+        let w = rec.encode();
+        assert_eq!(w, [0x0002_BEEF, 60 << 32 | 0x40, 1400 << 32 | 0x1000, 0]);
+        assert_eq!(IoRec::decode(w), rec);
+    }
+
+    #[test]
+    fn overflowing_extent_is_rejected() {
+        let rec = IoRec::single(Extent::new(0xFFFF_FFFE, 4), 0);
+        assert_eq!(
+            rec.validate(&L),
+            Err(IoRecError::Overflow {
+                index: 0,
+                offset: 0xFFFF_FFFE,
+                len: 4
+            })
+        );
+    }
+
+    #[test]
+    fn bad_counts_and_bounds() {
+        let mut rec = IoRec::single(Extent::new(0, 1), 0);
+        rec.count = 0;
+        assert!(matches!(
+            rec.validate(&L),
+            Err(IoRecError::BadCount { count: 0 })
+        ));
+        rec.count = 200;
+        assert!(matches!(
+            rec.validate(&L),
+            Err(IoRecError::BadCount { count: 200 })
+        ));
+        assert_eq!(rec.extents().len(), MAX_EXTENTS);
+        let r = IoRec::single(Extent::new((1 << 20) - 10, 11), 0);
+        assert!(matches!(
+            r.validate(&L),
+            Err(IoRecError::OutOfBounds { .. })
+        ));
+        let r = IoRec::single(Extent::new((1 << 20) - 10, 10), 0);
+        assert_eq!(r.validate(&L), Ok(()));
+        let r = IoRec::from_extents(&[Extent::new(0, 2000), Extent::new(4096, 100)], 0).unwrap();
+        assert!(matches!(
+            r.validate(&L),
+            Err(IoRecError::TooLong { len: 2100, .. })
+        ));
+    }
+}

@@ -1,0 +1,159 @@
+//! The master's buffer allocator: the data area cut into equal buffers of
+//! [`ChannelSpec::buffer_bytes`](crate::ChannelSpec::buffer_bytes), a free stack, and each buffer's
+//! owner. The master uses it to check what the peer hands back, too.
+
+use crate::error::{Error, IoRecError, Result};
+use crate::iorec::{Extent, IoRec};
+
+const FREE: u8 = 0;
+/// The master holds it (TX: being filled; RX: being read).
+const HELD: u8 = 1;
+/// The peer has it (TX: in flight; RX: posted empty).
+const OUT: u8 = 2;
+
+#[derive(Debug)]
+pub(crate) struct Pool {
+    buf_bytes: u32,
+    state: Vec<u8>,
+    free: Vec<u32>,
+}
+
+impl Pool {
+    pub(crate) fn new(data_bytes: u64, buf_bytes: u32) -> Self {
+        let n = (data_bytes / u64::from(buf_bytes.max(1))) as u32;
+        // Lowest offsets on top of the stack, so a fresh channel fills the area from its start.
+        Pool {
+            buf_bytes,
+            state: vec![FREE; n as usize],
+            free: (0..n).rev().collect(),
+        }
+    }
+
+    pub(crate) fn buf_bytes(&self) -> u32 {
+        self.buf_bytes
+    }
+
+    pub(crate) fn buffers(&self) -> usize {
+        self.state.len()
+    }
+
+    pub(crate) fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Takes a free buffer: it is now HELD. Returns the whole buffer's extent.
+    pub(crate) fn alloc(&mut self) -> Option<Extent> {
+        let b = self.free.pop()?;
+        self.state[b as usize] = HELD;
+        Some(self.extent(b))
+    }
+
+    fn extent(&self, b: u32) -> Extent {
+        Extent::new(b * self.buf_bytes, self.buf_bytes)
+    }
+
+    /// The buffer `e` lies in, if it lies entirely inside one.
+    fn buffer_of(&self, e: &Extent) -> Option<u32> {
+        let b = e.offset / self.buf_bytes;
+        let start = b.checked_mul(self.buf_bytes)?;
+        let end = e.offset.checked_add(e.len)?;
+        let buf_end = start.checked_add(self.buf_bytes)?;
+        ((b as usize) < self.state.len() && end <= buf_end).then_some(b)
+    }
+
+    /// The distinct buffers of `rec`, each of which must be in `want`; else the first bad extent.
+    fn buffers_in(&self, rec: &IoRec, want: u8) -> std::result::Result<[u32; 3], usize> {
+        let mut bufs = [u32::MAX; 3];
+        for (i, e) in rec.extents().iter().enumerate() {
+            match self.buffer_of(e) {
+                Some(b) if self.state[b as usize] == want && !bufs[..i].contains(&b) => bufs[i] = b,
+                _ => return Err(i),
+            }
+        }
+        Ok(bufs)
+    }
+
+    fn set(&mut self, bufs: [u32; 3], n: usize, to: u8) {
+        for &b in &bufs[..n] {
+            self.state[b as usize] = to;
+        }
+    }
+
+    /// HELD → OUT for every buffer of `rec` (caller's iorec; distinct buffers required).
+    pub(crate) fn hand_out(&mut self, rec: &IoRec) -> Result<()> {
+        if rec.count == 0 || usize::from(rec.count) > crate::MAX_EXTENTS {
+            return Err(IoRecError::BadCount { count: rec.count }.into());
+        }
+        let bufs = self.buffers_in(rec, HELD).map_err(|i| Error::NotHeld {
+            offset: rec.extents[i].offset,
+            len: rec.extents[i].len,
+        })?;
+        self.set(bufs, rec.extents().len(), OUT);
+        Ok(())
+    }
+
+    /// OUT → HELD for every buffer of `rec` (peer's iorec; all or nothing).
+    pub(crate) fn take_back(&mut self, rec: &IoRec) -> std::result::Result<(), IoRecError> {
+        if rec.count == 0 || usize::from(rec.count) > crate::MAX_EXTENTS {
+            return Err(IoRecError::BadCount { count: rec.count });
+        }
+        let bufs = self
+            .buffers_in(rec, OUT)
+            .map_err(|i| IoRecError::NotOwned {
+                index: i,
+                offset: rec.extents[i].offset,
+                len: rec.extents[i].len,
+            })?;
+        self.set(bufs, rec.extents().len(), HELD);
+        Ok(())
+    }
+
+    /// HELD → FREE for every buffer of `rec`.
+    pub(crate) fn free_rec(&mut self, rec: &IoRec) -> Result<()> {
+        let bufs = self.buffers_in(rec, HELD).map_err(|i| Error::NotHeld {
+            offset: rec.extents[i].offset,
+            len: rec.extents[i].len,
+        })?;
+        for &b in &bufs[..rec.extents().len()] {
+            self.state[b as usize] = FREE;
+            self.free.push(b);
+        }
+        Ok(())
+    }
+
+    /// Whether `e` lies inside a buffer the master holds.
+    pub(crate) fn is_held(&self, e: &Extent) -> bool {
+        self.buffer_of(e)
+            .is_some_and(|b| self.state[b as usize] == HELD)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_and_foreign_extents() {
+        let mut p = Pool::new(4096, 1024);
+        assert_eq!(p.buffers(), 4);
+        let a = p.alloc().unwrap();
+        assert_eq!(a, Extent::new(0, 1024));
+        let rec = IoRec::single(Extent::new(10, 100), 0);
+        p.hand_out(&rec).unwrap();
+        assert!(p.hand_out(&rec).is_err(), "already out");
+        // Peer hands back an extent straddling two buffers, or an unknown one.
+        assert!(p
+            .take_back(&IoRec::single(Extent::new(1000, 100), 0))
+            .is_err());
+        assert!(p
+            .take_back(&IoRec::single(Extent::new(0xFFFF_FFFE, 4), 0))
+            .is_err());
+        // Same buffer twice in one iorec.
+        let dup = IoRec::from_extents(&[Extent::new(0, 1), Extent::new(5, 1)], 0).unwrap();
+        assert!(p.take_back(&dup).is_err());
+        p.take_back(&rec).unwrap();
+        assert!(p.take_back(&rec).is_err(), "returned twice");
+        p.free_rec(&rec).unwrap();
+        assert_eq!(p.free_count(), 4);
+    }
+}

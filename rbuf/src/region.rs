@@ -1,0 +1,136 @@
+//! Shared regions: sealed memfds, the checks an attaching side makes on them, and mappings.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+
+use crate::error::{Error, RegionError, Result};
+
+/// Seals every region carries before anyone maps it: its size is fixed for good.
+pub const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK
+    .union(SealFlags::GROW)
+    .union(SealFlags::SEAL);
+
+/// Creates a memfd of `len` bytes, sealed with [`REQUIRED_SEALS`]. With `hugetlb`, tries huge
+/// pages first (reserving them all with `fallocate`, so a later fault cannot fail) and falls back
+/// to small pages; the returned flag says which it got.
+pub(crate) fn create_sealed_memfd(name: &str, len: u64, hugetlb: bool) -> Result<(OwnedFd, bool)> {
+    if hugetlb {
+        if let Ok(fd) = try_create(name, len, MemfdFlags::HUGETLB) {
+            return Ok((fd, true));
+        }
+    }
+    Ok((try_create(name, len, MemfdFlags::empty())?, false))
+}
+
+fn try_create(name: &str, len: u64, extra: MemfdFlags) -> Result<OwnedFd> {
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | extra;
+    let fd = rustix::fs::memfd_create(name, flags).map_err(|e| Error::os("memfd_create", e))?;
+    rustix::fs::ftruncate(&fd, len).map_err(|e| Error::os("ftruncate memfd", e))?;
+    if extra.contains(MemfdFlags::HUGETLB) {
+        rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, len)
+            .map_err(|e| Error::os("fallocate huge pages", e))?;
+    }
+    rustix::fs::fcntl_add_seals(&fd, REQUIRED_SEALS).map_err(|e| Error::os("F_ADD_SEALS", e))?;
+    Ok(fd)
+}
+
+/// Checks that `fd` is a memfd sealed with [`REQUIRED_SEALS`] and of exactly `expected` bytes.
+pub fn check_region(region: &'static str, fd: BorrowedFd<'_>, expected: u64) -> Result<()> {
+    let seals =
+        rustix::fs::fcntl_get_seals(fd).map_err(|errno| RegionError::NotMemfd { region, errno })?;
+    if !seals.contains(REQUIRED_SEALS) {
+        return Err(RegionError::NotSealed {
+            region,
+            have: seals.bits(),
+            need: REQUIRED_SEALS.bits(),
+        }
+        .into());
+    }
+    let st = rustix::fs::fstat(fd).map_err(|e| Error::os("fstat", e))?;
+    let actual = u64::try_from(st.st_size).unwrap_or(0);
+    if actual != expected {
+        return Err(RegionError::WrongSize {
+            region,
+            expected,
+            actual,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Checks that `fd` is an eventfd (by its `/proc/self/fd` link, `anon_inode:[eventfd]`).
+pub fn check_eventfd(which: &'static str, fd: BorrowedFd<'_>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let link = rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new())
+        .map_err(|e| Error::os("readlink /proc/self/fd", e))?;
+    let link = link.to_string_lossy().into_owned();
+    if link != "anon_inode:[eventfd]" {
+        return Err(RegionError::NotEventfd { which, what: link }.into());
+    }
+    Ok(())
+}
+
+/// Reopens `fd` through `/proc/self/fd` read-only: what a receiving side is given for its data area.
+pub(crate) fn reopen_read_only(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    rustix::fs::open(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error::os("reopen memfd read-only", e))
+}
+
+/// A shared mapping of a whole region, unmapped on drop. Holds only a raw pointer: nothing in the
+/// crate makes a Rust reference to its bytes except to atomics (control area) or to the master's
+/// own buffers.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd`, shared, read-only unless `writable`.
+    pub(crate) fn map(fd: impl AsFd, len: u64, writable: bool) -> Result<Self> {
+        let len =
+            usize::try_from(len).map_err(|_| Error::InvalidSpec("region too large".into()))?;
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        // SAFETY: a fresh mapping chosen by the kernel (null hint) aliases no Rust object; the fd
+        // was checked to be a sealed memfd of at least `len` bytes, so no access within `len` can
+        // fault on truncation (the seals forbid it).
+        let ptr =
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
+                .map_err(|e| Error::os("mmap", e))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::FdPass("mmap returned null"))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    pub(crate) fn ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` came from a successful mmap and are unmapped exactly once, here;
+        // every pointer into the mapping is owned by the endpoint that owns this `Mapping`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+// SAFETY: a mapping is plain process memory, usable from any thread; the endpoint that owns it
+// moves with it.
+unsafe impl Send for Mapping {}

@@ -1,0 +1,383 @@
+//! One control FIFO, seen from one side: the single-producer/single-consumer ring of iorec slots
+//! with free-running 32-bit indices (the paper's event counts), masked by `slots - 1`.
+//!
+//! Each side keeps its own index privately and only *stores* it to shared memory; it never reads
+//! its own shared copy back (the peer may have overwritten it). The peer's index is read once per
+//! refresh (Acquire) and checked: it may only move forward, and by no more than is possible.
+//!
+//! Memory ordering, as in DPDK's `rte_ring_core.h`:
+//! - the producer writes slots (Relaxed), then stores its head with Release;
+//!   the consumer loads that head with Acquire before reading the slots;
+//! - the consumer reads slots, then stores its tail with Release;
+//!   the producer loads that tail with Acquire before overwriting those slots.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::error::{FifoId, IndexError};
+use crate::iorec::IoRec;
+
+/// One slot: four words, see [`IoRec::encode`]. Atomics, because the peer writes them concurrently.
+#[derive(Debug)]
+#[repr(C, align(32))]
+pub struct Slot(pub(crate) [AtomicU64; 4]);
+
+impl Slot {
+    /// Copies the slot out once (four Relaxed loads; ordering comes from the index Acquire).
+    #[inline]
+    pub(crate) fn load(&self) -> [u64; 4] {
+        [
+            self.0[0].load(Ordering::Relaxed),
+            self.0[1].load(Ordering::Relaxed),
+            self.0[2].load(Ordering::Relaxed),
+            self.0[3].load(Ordering::Relaxed),
+        ]
+    }
+
+    /// Writes the slot (Relaxed; published by the index Release that follows).
+    #[inline]
+    pub(crate) fn store(&self, w: [u64; 4]) {
+        for (a, v) in self.0.iter().zip(w) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Number of iorecs between two free-running indices (`later - earlier`, wrapping).
+#[inline]
+pub fn distance(earlier: u32, later: u32) -> u32 {
+    later.wrapping_sub(earlier)
+}
+
+/// Checks a consumer index `seen` read from the peer by the producer, which has published up to
+/// `head` and had last seen `last`. Valid iff `last ≤ seen ≤ head` in wrapping order.
+#[inline]
+pub fn check_consumer_index(
+    fifo: FifoId,
+    head: u32,
+    last: u32,
+    seen: u32,
+    slots: u32,
+) -> Result<(), IndexError> {
+    if distance(seen, head) <= distance(last, head) {
+        return Ok(());
+    }
+    // Out of [last, head]: backwards if just behind `last`, otherwise too far (past our head).
+    if distance(seen, last) <= slots {
+        Err(IndexError::Backward { fifo, last, seen })
+    } else {
+        Err(IndexError::TooFar {
+            fifo,
+            last,
+            seen,
+            limit: head,
+        })
+    }
+}
+
+/// Checks a producer index `seen` read from the peer by the consumer, which has consumed up to
+/// `tail` and had last seen `last`. Valid iff `last ≤ seen ≤ tail + slots` in wrapping order.
+#[inline]
+pub fn check_producer_index(
+    fifo: FifoId,
+    tail: u32,
+    last: u32,
+    seen: u32,
+    slots: u32,
+) -> Result<(), IndexError> {
+    let avail = distance(tail, seen);
+    if avail <= slots && avail >= distance(tail, last) {
+        return Ok(());
+    }
+    if distance(seen, last) <= slots {
+        Err(IndexError::Backward { fifo, last, seen })
+    } else {
+        Err(IndexError::TooFar {
+            fifo,
+            last,
+            seen,
+            limit: tail.wrapping_add(slots),
+        })
+    }
+}
+
+/// Raw view of one FIFO in a mapping: where its two indices and its slots are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FifoView {
+    pub id: FifoId,
+    pub head: NonNull<AtomicU32>,
+    pub tail: NonNull<AtomicU32>,
+    pub slots: NonNull<Slot>,
+    pub size: u32,
+}
+
+impl FifoView {
+    #[inline]
+    fn head(&self) -> &AtomicU32 {
+        // SAFETY: `FifoView::head` points into a mapping (or allocation) that the owning endpoint
+        // keeps alive for as long as this view exists; it is an atomic, so a shared reference is
+        // sound even while the peer writes it.
+        unsafe { self.head.as_ref() }
+    }
+
+    #[inline]
+    fn tail(&self) -> &AtomicU32 {
+        // SAFETY: as for `head`.
+        unsafe { self.tail.as_ref() }
+    }
+
+    #[inline]
+    fn slot(&self, index: u32) -> &Slot {
+        let i = (index & (self.size - 1)) as usize;
+        // SAFETY: `slots` points to `size` slots kept alive by the owner; `i < size` by the mask
+        // (size is a power of two). Slots are atomics, so a shared reference is sound.
+        unsafe { &*self.slots.as_ptr().add(i) }
+    }
+}
+
+/// The producer's side of a FIFO: private head, last consumer index seen.
+#[derive(Debug)]
+pub(crate) struct ProdCursor {
+    view: FifoView,
+    head: u32,
+    tail_seen: u32,
+}
+
+impl ProdCursor {
+    /// Starts at `start` (both indices), as the creator initialised them.
+    pub(crate) fn new(view: FifoView, start: u32) -> Self {
+        ProdCursor {
+            view,
+            head: start,
+            tail_seen: start,
+        }
+    }
+
+    /// Free slots according to the last consumer index seen (no shared read).
+    #[inline]
+    pub(crate) fn room_cached(&self) -> u32 {
+        self.view.size - distance(self.tail_seen, self.head)
+    }
+
+    /// Reads the consumer's tail once and checks it.
+    #[inline]
+    pub(crate) fn refresh(&mut self) -> Result<u32, IndexError> {
+        // Acquire: pairs with the consumer's Release store of its tail after reading the slots,
+        // so those reads are done before we overwrite the slots.
+        let seen = self.view.tail().load(Ordering::Acquire);
+        check_consumer_index(
+            self.view.id,
+            self.head,
+            self.tail_seen,
+            seen,
+            self.view.size,
+        )?;
+        self.tail_seen = seen;
+        Ok(self.room_cached())
+    }
+
+    /// Free slots, reading the consumer's index only if the cached view shows fewer than `want`.
+    #[inline]
+    pub(crate) fn room(&mut self, want: u32) -> Result<u32, IndexError> {
+        let room = self.room_cached();
+        if room >= want {
+            return Ok(room);
+        }
+        self.refresh()
+    }
+
+    /// Writes `rec` into the `i`-th free slot (not yet published). Caller checked the room.
+    #[inline]
+    pub(crate) fn write(&self, i: u32, rec: &IoRec) {
+        self.view
+            .slot(self.head.wrapping_add(i))
+            .store(rec.encode());
+    }
+
+    /// Publishes `n` written slots.
+    #[inline]
+    pub(crate) fn publish(&mut self, n: u32) {
+        self.head = self.head.wrapping_add(n);
+        // Release: publishes the slots written above; pairs with the Acquire in
+        // `ConsCursor::refresh` on the other side.
+        self.view.head().store(self.head, Ordering::Release);
+    }
+}
+
+/// The consumer's side of a FIFO: private tail, last producer index seen.
+#[derive(Debug)]
+pub(crate) struct ConsCursor {
+    view: FifoView,
+    tail: u32,
+    head_seen: u32,
+}
+
+impl ConsCursor {
+    /// Starts at `start` (both indices), as the creator initialised them.
+    pub(crate) fn new(view: FifoView, start: u32) -> Self {
+        ConsCursor {
+            view,
+            tail: start,
+            head_seen: start,
+        }
+    }
+
+    /// Iorecs available according to the last producer index seen (no shared read).
+    #[inline]
+    pub(crate) fn avail_cached(&self) -> u32 {
+        distance(self.tail, self.head_seen)
+    }
+
+    /// Reads the producer's head once and checks it.
+    #[inline]
+    pub(crate) fn refresh(&mut self) -> Result<u32, IndexError> {
+        // Acquire: pairs with the producer's Release store of its head in `ProdCursor::publish`,
+        // making the slots it wrote visible to the loads in `read`.
+        let seen = self.view.head().load(Ordering::Acquire);
+        check_producer_index(
+            self.view.id,
+            self.tail,
+            self.head_seen,
+            seen,
+            self.view.size,
+        )?;
+        self.head_seen = seen;
+        Ok(self.avail_cached())
+    }
+
+    /// Iorecs available, reading the producer's index only if the cached view shows fewer than
+    /// `want`.
+    #[inline]
+    pub(crate) fn avail(&mut self, want: u32) -> Result<u32, IndexError> {
+        let avail = self.avail_cached();
+        if avail >= want {
+            return Ok(avail);
+        }
+        self.refresh()
+    }
+
+    /// Copies the `i`-th available slot out of shared memory, once. Caller checked availability.
+    #[inline]
+    pub(crate) fn read(&self, i: u32) -> IoRec {
+        IoRec::decode(self.view.slot(self.tail.wrapping_add(i)).load())
+    }
+
+    /// Hands `n` read slots back to the producer.
+    #[inline]
+    pub(crate) fn consume(&mut self, n: u32) {
+        self.tail = self.tail.wrapping_add(n);
+        // Release: our reads of the slots above happen before the producer may reuse them; pairs
+        // with the Acquire in `ProdCursor::refresh`.
+        self.view.tail().store(self.tail, Ordering::Release);
+    }
+}
+
+// SAFETY: the cursors only hold pointers to atomics in a mapping owned by the endpoint that owns
+// them (moved together with it); nothing is thread-local.
+unsafe impl Send for ProdCursor {}
+// SAFETY: as for `ProdCursor`.
+unsafe impl Send for ConsCursor {}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::iorec::Extent;
+    use std::sync::atomic::AtomicU32;
+
+    /// A FIFO in ordinary heap memory (works under Miri, which cannot map memfds).
+    pub(crate) struct HeapFifo {
+        head: Box<AtomicU32>,
+        tail: Box<AtomicU32>,
+        slots: Box<[Slot]>,
+    }
+
+    impl HeapFifo {
+        pub(crate) fn new(size: u32, start: u32) -> Self {
+            let slots = (0..size)
+                .map(|_| {
+                    Slot([
+                        AtomicU64::new(0),
+                        AtomicU64::new(0),
+                        AtomicU64::new(0),
+                        AtomicU64::new(0),
+                    ])
+                })
+                .collect();
+            HeapFifo {
+                head: Box::new(AtomicU32::new(start)),
+                tail: Box::new(AtomicU32::new(start)),
+                slots,
+            }
+        }
+
+        pub(crate) fn view(&self) -> FifoView {
+            FifoView {
+                id: FifoId::Full,
+                head: NonNull::from(&*self.head),
+                tail: NonNull::from(&*self.tail),
+                slots: NonNull::from(&self.slots[0]),
+                size: self.slots.len() as u32,
+            }
+        }
+    }
+
+    #[test]
+    fn spsc_threads_wrap_around() {
+        // Starts just below u32::MAX so the indices wrap during the run.
+        let n: u32 = if cfg!(miri) { 300 } else { 200_000 };
+        let fifo = HeapFifo::new(8, u32::MAX - 50);
+        let view = fifo.view();
+        let mut prod = ProdCursor::new(view, u32::MAX - 50);
+        let mut cons = ConsCursor::new(view, u32::MAX - 50);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut i = 0u32;
+                while i < n {
+                    let room = prod.room(1).unwrap();
+                    let k = room.min(n - i).min(3);
+                    for j in 0..k {
+                        prod.write(j, &IoRec::single(Extent::new(i + j, !(i + j)), 7));
+                    }
+                    prod.publish(k);
+                    i += k;
+                    if k == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            s.spawn(move || {
+                let mut i = 0u32;
+                while i < n {
+                    let avail = cons.avail(1).unwrap();
+                    for j in 0..avail {
+                        let rec = cons.read(j);
+                        assert_eq!(rec, IoRec::single(Extent::new(i + j, !(i + j)), 7));
+                    }
+                    cons.consume(avail);
+                    i += avail;
+                    if avail == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+        });
+    }
+
+    #[test]
+    fn peer_index_violations() {
+        let fifo = HeapFifo::new(8, 0);
+        let mut prod = ProdCursor::new(fifo.view(), 0);
+        let mut cons = ConsCursor::new(fifo.view(), 0);
+        fifo.head.store(9, Ordering::Relaxed);
+        assert!(matches!(cons.refresh(), Err(IndexError::TooFar { .. })));
+        fifo.head.store(8, Ordering::Relaxed);
+        assert_eq!(cons.refresh(), Ok(8));
+        fifo.head.store(7, Ordering::Relaxed);
+        assert!(matches!(cons.refresh(), Err(IndexError::Backward { .. })));
+        // Producer at 0 published nothing: any consumer index but 0 is impossible.
+        fifo.tail.store(1, Ordering::Relaxed);
+        assert!(matches!(prod.refresh(), Err(IndexError::TooFar { .. })));
+        fifo.tail.store(u32::MAX, Ordering::Relaxed);
+        assert!(matches!(prod.refresh(), Err(IndexError::Backward { .. })));
+    }
+}

@@ -1,0 +1,476 @@
+//! Receive master mode: the consumer (the application) chooses the buffers. Driver → app.
+//!
+//! ```text
+//! Consumer (app, master, data read-only)         Producer (driver, slave)
+//!   post_free / repost ───── empty FIFO ────►  take_empty → validate → copy_in
+//!   pop → read ◄──────────── full FIFO ◄─────  push_full
+//! ```
+//! No empty buffer when a frame arrives: the driver drops it and counts, for this flow only.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
+
+use crate::channel::{ChannelFds, Core, Side};
+use crate::counters::Counters;
+use crate::error::{Error, Result};
+use crate::event::Waker;
+use crate::iorec::IoRec;
+use crate::pool::Pool;
+use crate::ring::{ConsCursor, ProdCursor};
+use crate::spec::ChannelSpec;
+
+/// A received packet: the application holds its buffer until it reposts or releases it.
+/// Deliberately not `Clone`: a buffer goes back exactly once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RxPacket {
+    rec: IoRec,
+}
+
+impl RxPacket {
+    /// The iorec the driver returned (validated against the buffers this side posted).
+    pub fn iorec(&self) -> &IoRec {
+        &self.rec
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.rec.total_len() as usize
+    }
+
+    /// Whether the packet is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The flags the driver set.
+    pub fn flags(&self) -> u16 {
+        self.rec.flags
+    }
+}
+
+/// The application's end of a receive channel: posts empty buffers, pops filled ones. Its
+/// mapping of the data area is read-only.
+#[derive(Debug)]
+pub struct Consumer {
+    core: Core,
+    waker: Waker,
+    empty: ProdCursor,
+    full: ConsCursor,
+    pool: Pool,
+}
+
+impl Consumer {
+    /// Attaches from the channel's fds (a read-only data fd suffices) and the trusted spec.
+    pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
+        let (core, waker) = Core::attach(spec, fds, Side::Consumer, false)?;
+        Ok(Consumer {
+            empty: ProdCursor::new(core.empty, 0),
+            full: ConsCursor::new(core.full, 0),
+            pool: Pool::new(spec.data_bytes, spec.buffer_bytes()),
+            core,
+            waker,
+        })
+    }
+
+    /// Posts free buffers on the empty FIFO, as many as fit; returns how many.
+    pub fn post_free(&mut self) -> Result<usize> {
+        self.core.check()?;
+        let want = u32::try_from(self.pool.free_count()).unwrap_or(u32::MAX);
+        if want == 0 {
+            return Ok(0);
+        }
+        let room = self
+            .empty
+            .room(want)
+            .map_err(|e| self.core.index_violation(e))?;
+        let n = want.min(room);
+        for i in 0..n {
+            let Some(e) = self.pool.alloc() else { break };
+            let rec = IoRec::single(e, 0);
+            // Cannot fail: the buffer was just allocated (HELD), and it is one extent.
+            let _ = self.pool.hand_out(&rec);
+            self.empty.write(i, &rec);
+        }
+        if n > 0 {
+            self.empty.publish(n);
+            self.core.counters.iorecs_out += u64::from(n);
+            self.waker.notify_peer();
+        }
+        Ok(n as usize)
+    }
+
+    /// Pops one filled buffer. `Ok(None)`: nothing there. An iorec that does not name a buffer
+    /// this side posted is consumed, counted and returned as `Err(InvalidIoRec)`.
+    pub fn pop(&mut self) -> Result<Option<RxPacket>> {
+        self.core.check()?;
+        let avail = self
+            .full
+            .avail(1)
+            .map_err(|e| self.core.index_violation(e))?;
+        if avail == 0 {
+            return Ok(None);
+        }
+        let rec = self.full.read(0);
+        self.full.consume(1);
+        self.waker.notify_peer();
+        self.accept(rec).map(Some)
+    }
+
+    fn accept(&mut self, rec: IoRec) -> Result<RxPacket> {
+        if let Err(e) = rec.validate(&self.core.limits) {
+            return Err(self.core.invalid(e));
+        }
+        if let Err(e) = self.pool.take_back(&rec) {
+            return Err(self.core.invalid(e));
+        }
+        self.core.counters.iorecs_in += 1;
+        Ok(RxPacket { rec })
+    }
+
+    /// Pops up to `max` filled buffers into `out`; returns how many. Invalid iorecs are consumed,
+    /// counted and skipped.
+    pub fn pop_batch(&mut self, out: &mut Vec<RxPacket>, max: usize) -> Result<usize> {
+        self.core.check()?;
+        let want = u32::try_from(max).unwrap_or(u32::MAX);
+        let n = self
+            .full
+            .avail(want)
+            .map_err(|e| self.core.index_violation(e))?
+            .min(want);
+        let mut k = 0;
+        for i in 0..n {
+            let rec = self.full.read(i);
+            if let Ok(p) = self.accept(rec) {
+                out.push(p);
+                k += 1;
+            }
+        }
+        if n > 0 {
+            self.full.consume(n);
+            self.waker.notify_peer();
+        }
+        Ok(k)
+    }
+
+    /// The packet's bytes (first extent; the driver fills one buffer per frame). Sound because the
+    /// buffer is held by this side: the driver writes a buffer only between our post and its
+    /// `push_full`, and `repost`/`release` take the packet by value, ending this borrow first.
+    pub fn payload(&self, pkt: &RxPacket) -> &[u8] {
+        let e = pkt.rec.extents[0];
+        // SAFETY: `accept` proved the extent lies inside one buffer of the pool, inside the data
+        // mapping, and moved that buffer to HELD: the trusted driver no longer writes it. The slice
+        // borrows `self` (the mapping outlives it) and `pkt`, which must be given up by value to
+        // hand the buffer back.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.core.data.ptr().as_ptr().add(e.offset as usize),
+                e.len as usize,
+            )
+        }
+    }
+
+    /// Copies the packet's bytes (all extents) into `dst`; returns the length.
+    pub fn copy_out(&self, pkt: &RxPacket, dst: &mut [u8]) -> Result<usize> {
+        // SAFETY: `dst` is a live exclusive slice in private memory: valid for writes of its
+        // length and not overlapping the mapping.
+        unsafe { self.core.gather(&pkt.rec, dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// Gives the packet's buffer back to the driver: frees it and posts free buffers (it stays in
+    /// the free pool if the empty FIFO is full).
+    pub fn repost(&mut self, pkt: RxPacket) -> Result<()> {
+        self.pool.free_rec(&pkt.rec)?;
+        self.post_free().map(|_| ())
+    }
+
+    /// Returns the packet's buffer to the free pool (post it later with `post_free`).
+    pub fn release(&mut self, pkt: RxPacket) -> Result<()> {
+        self.pool.free_rec(&pkt.rec)
+    }
+
+    /// Whether `pop` would return something now.
+    pub fn ready(&mut self) -> Result<bool> {
+        self.core.check()?;
+        Ok(self
+            .full
+            .avail(1)
+            .map_err(|e| self.core.index_violation(e))?
+            > 0)
+    }
+
+    /// Blocks until [`ready`](Self::ready) or `timeout` (`Err(Timeout)`).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let Consumer {
+            core, waker, full, ..
+        } = self;
+        waker.wait(timeout, || {
+            core.check()?;
+            Ok(full.avail(1).map_err(|e| core.index_violation(e))? > 0)
+        })
+    }
+
+    /// For event loops: see [`crate::tmm::Producer::prepare_wait`].
+    pub fn prepare_wait(&mut self) -> Result<bool> {
+        self.waker.arm();
+        let r = self.ready();
+        if !matches!(r, Ok(false)) {
+            self.waker.disarm();
+        }
+        r
+    }
+
+    /// Disarms the wake-up and drains the eventfd after a sleep.
+    pub fn finish_wait(&mut self) {
+        self.waker.disarm();
+    }
+
+    /// This endpoint's counters.
+    pub fn counters(&self) -> Counters {
+        self.waker.fill(self.core.counters)
+    }
+
+    /// Why the channel is broken, if it is.
+    pub fn broken(&self) -> Option<&str> {
+        self.core.broken.as_deref()
+    }
+
+    /// Buffers in the pool, and of those free (not posted, not held) now.
+    pub fn buffers(&self) -> (usize, usize) {
+        (self.pool.buffers(), self.pool.free_count())
+    }
+}
+
+impl AsFd for Consumer {
+    /// Readable when the driver pushed a filled buffer.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.waker.fd()
+    }
+}
+
+/// The driver's end of a receive channel: takes validated empty buffers, copies frames in and
+/// pushes them full. Treats everything in shared memory as hostile.
+#[derive(Debug)]
+pub struct Producer {
+    core: Core,
+    waker: Waker,
+    empty: ConsCursor,
+    full: ProdCursor,
+    /// Empty iorecs taken and not yet pushed: `take_empty` only runs while the full FIFO has room
+    /// for all of them, so `push_full` never finds it full.
+    held: u32,
+}
+
+impl Producer {
+    /// Attaches from the channel's fds (data fd read-write) and the trusted spec.
+    pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
+        let (core, waker) = Core::attach(spec, fds, Side::Producer, true)?;
+        Ok(Producer {
+            empty: ConsCursor::new(core.empty, 0),
+            full: ProdCursor::new(core.full, 0),
+            held: 0,
+            core,
+            waker,
+        })
+    }
+
+    /// Takes one empty buffer, validated. `Ok(None)`: none posted (or no room to push it back);
+    /// the caller drops the frame and counts it. An invalid iorec is consumed, counted and
+    /// returned as `Err(InvalidIoRec)`.
+    pub fn take_empty(&mut self) -> Result<Option<IoRec>> {
+        self.core.check()?;
+        if takeable(
+            &mut self.core,
+            &mut self.empty,
+            &mut self.full,
+            self.held,
+            1,
+        )? == 0
+        {
+            self.core.counters.no_empty_buffer += 1;
+            return Ok(None);
+        }
+        let rec = self.empty.read(0);
+        self.empty.consume(1);
+        self.waker.notify_peer();
+        match rec.validate(&self.core.limits) {
+            Ok(()) => {
+                self.held += 1;
+                self.core.counters.iorecs_in += 1;
+                Ok(Some(rec))
+            }
+            Err(e) => Err(self.core.invalid(e)),
+        }
+    }
+
+    /// Takes up to `out.len()` empty buffers; returns how many valid ones it stored at the front.
+    pub fn take_empty_batch(&mut self, out: &mut [IoRec]) -> Result<usize> {
+        self.core.check()?;
+        let want = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        let n = takeable(
+            &mut self.core,
+            &mut self.empty,
+            &mut self.full,
+            self.held,
+            want,
+        )?;
+        let mut k = 0;
+        for i in 0..n {
+            let rec = self.empty.read(i);
+            match rec.validate(&self.core.limits) {
+                Ok(()) => {
+                    out[k] = rec;
+                    k += 1;
+                }
+                Err(e) => {
+                    self.core.invalid(e);
+                }
+            }
+        }
+        if n > 0 {
+            self.empty.consume(n);
+            self.held += k as u32;
+            self.core.counters.iorecs_in += k as u64;
+            self.waker.notify_peer();
+        }
+        Ok(k)
+    }
+
+    /// Copies `frame` into the buffer `rec` names (extents in order). `Err(TooLarge)` if it does
+    /// not fit; the buffer stays held for the next frame.
+    pub fn copy_in(&mut self, rec: &IoRec, frame: &[u8]) -> Result<()> {
+        // SAFETY: `frame` is a live slice of private memory: valid for reads of its length, and
+        // not part of the data mapping.
+        unsafe { self.core.scatter(rec, frame.as_ptr(), frame.len()) }
+    }
+
+    /// [`copy_in`](Self::copy_in) from raw memory, e.g. straight from an mbuf.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `len` bytes and must not overlap this channel's data area.
+    pub unsafe fn copy_in_raw(&mut self, rec: &IoRec, src: *const u8, len: usize) -> Result<()> {
+        // SAFETY: the caller's contract is exactly `scatter`'s.
+        unsafe { self.core.scatter(rec, src, len) }
+    }
+
+    /// Pushes a filled buffer with its actual length: the extents are trimmed to `len` bytes.
+    pub fn push_full(&mut self, rec: IoRec, len: usize) -> Result<()> {
+        self.push_full_batch(&[(rec, len)])
+    }
+
+    /// Pushes filled buffers (never `Full` while the peer's index is sane: `take_empty` kept room).
+    pub fn push_full_batch(&mut self, recs: &[(IoRec, usize)]) -> Result<()> {
+        self.core.check()?;
+        let n = u32::try_from(recs.len()).unwrap_or(u32::MAX);
+        if n > self.held {
+            return Err(Error::NotHeld { offset: 0, len: 0 });
+        }
+        let room = self
+            .full
+            .room(n)
+            .map_err(|e| self.core.index_violation(e))?;
+        if room < n {
+            return Err(Error::Full);
+        }
+        for (i, (rec, len)) in recs.iter().enumerate() {
+            let mut out = *rec;
+            let mut left = *len as u64;
+            for e in out
+                .extents
+                .iter_mut()
+                .take(usize::from(rec.count).min(crate::MAX_EXTENTS))
+            {
+                let take = left.min(u64::from(e.len));
+                e.len = take as u32;
+                left -= take;
+            }
+            self.full.write(i as u32, &out);
+        }
+        self.full.publish(n);
+        self.held -= n;
+        self.core.counters.iorecs_out += u64::from(n);
+        self.waker.notify_peer();
+        Ok(())
+    }
+
+    /// Whether `take_empty` would return something now.
+    pub fn ready(&mut self) -> Result<bool> {
+        self.core.check()?;
+        Ok(takeable(
+            &mut self.core,
+            &mut self.empty,
+            &mut self.full,
+            self.held,
+            1,
+        )? > 0)
+    }
+
+    /// Blocks until [`ready`](Self::ready) or `timeout` (`Err(Timeout)`).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let Producer {
+            core,
+            waker,
+            empty,
+            full,
+            held,
+        } = self;
+        waker.wait(timeout, || {
+            core.check()?;
+            Ok(takeable(core, empty, full, *held, 1)? > 0)
+        })
+    }
+
+    /// For event loops: see [`crate::tmm::Producer::prepare_wait`].
+    pub fn prepare_wait(&mut self) -> Result<bool> {
+        self.waker.arm();
+        let r = self.ready();
+        if !matches!(r, Ok(false)) {
+            self.waker.disarm();
+        }
+        r
+    }
+
+    /// Disarms the wake-up and drains the eventfd after a sleep.
+    pub fn finish_wait(&mut self) {
+        self.waker.disarm();
+    }
+
+    /// This endpoint's counters.
+    pub fn counters(&self) -> Counters {
+        self.waker.fill(self.core.counters)
+    }
+
+    /// Why the channel is broken, if it is.
+    pub fn broken(&self) -> Option<&str> {
+        self.core.broken.as_deref()
+    }
+
+    /// Empty buffers taken and not yet pushed.
+    pub fn held(&self) -> u32 {
+        self.held
+    }
+}
+
+/// How many empty iorecs may be taken now: posted on the empty FIFO, with room on the full FIFO
+/// to push them and everything already held.
+fn takeable(
+    core: &mut Core,
+    empty: &mut ConsCursor,
+    full: &mut ProdCursor,
+    held: u32,
+    want: u32,
+) -> Result<u32> {
+    let avail = empty.avail(want).map_err(|e| core.index_violation(e))?;
+    if avail == 0 {
+        return Ok(0);
+    }
+    let need = held.saturating_add(want.min(avail));
+    let room = full.room(need).map_err(|e| core.index_violation(e))?;
+    Ok(avail.min(want).min(room.saturating_sub(held)))
+}
+
+impl AsFd for Producer {
+    /// Readable when the application posted buffers or popped filled ones.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.waker.fd()
+    }
+}

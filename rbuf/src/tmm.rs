@@ -1,0 +1,462 @@
+//! Transmit master mode: the producer (the application) chooses the buffers. App → driver.
+//!
+//! ```text
+//! Producer (app, master)                         Consumer (driver, slave)
+//!   alloc → fill → push ──── full FIFO ────►  pop → validate → copy_out
+//!   reclaim ◄────────────── empty FIFO ◄───  release
+//! ```
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
+
+use crate::channel::{ChannelFds, Core, Side};
+use crate::counters::Counters;
+use crate::error::{Error, Result};
+use crate::event::Waker;
+use crate::iorec::{Extent, IoRec};
+use crate::pool::Pool;
+use crate::ring::{ConsCursor, ProdCursor};
+use crate::spec::ChannelSpec;
+
+/// The application's end of a transmit channel: owns the buffer allocator, pushes iorecs on the
+/// full FIFO and reclaims buffers the driver returns on the empty FIFO.
+#[derive(Debug)]
+pub struct Producer {
+    core: Core,
+    waker: Waker,
+    full: ProdCursor,
+    empty: ConsCursor,
+    pool: Pool,
+}
+
+impl Producer {
+    /// Attaches from the channel's fds (data fd read-write) and the trusted spec.
+    pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
+        let (core, waker) = Core::attach(spec, fds, Side::Producer, true)?;
+        Ok(Producer {
+            full: ProdCursor::new(core.full, 0),
+            empty: ConsCursor::new(core.empty, 0),
+            pool: Pool::new(spec.data_bytes, spec.buffer_bytes()),
+            core,
+            waker,
+        })
+    }
+
+    /// Takes a free buffer for `len` bytes (reclaiming returned ones first if none is free).
+    /// `Ok(None)`: every buffer is in flight. The extent covers `len` bytes at the buffer's start.
+    pub fn alloc(&mut self, len: usize) -> Result<Option<Extent>> {
+        self.core.check()?;
+        let max = self.pool.buf_bytes() as usize;
+        if len > max {
+            return Err(Error::TooLarge {
+                requested: len,
+                max,
+            });
+        }
+        if self.pool.free_count() == 0 {
+            self.reclaim()?;
+        }
+        Ok(self.pool.alloc().map(|e| Extent::new(e.offset, len as u32)))
+    }
+
+    /// The writable bytes of `extent`, which must lie in a buffer this producer holds (allocated,
+    /// not yet pushed).
+    pub fn buf_mut(&mut self, extent: Extent) -> Result<&mut [u8]> {
+        if !self.pool.is_held(&extent) {
+            return Err(Error::NotHeld {
+                offset: extent.offset,
+                len: extent.len,
+            });
+        }
+        // SAFETY: `is_held` proved the extent lies inside one buffer of the pool, and the pool
+        // only covers the data mapping. The buffer is HELD: the consumer (which only reads the
+        // data area) has not been handed it, so nothing else accesses these bytes; `&mut self`
+        // keeps `push`/`free` from running while the slice lives; the mapping outlives `self`.
+        Ok(unsafe {
+            std::slice::from_raw_parts_mut(
+                self.core.data.ptr().as_ptr().add(extent.offset as usize),
+                extent.len as usize,
+            )
+        })
+    }
+
+    /// Returns an allocated, unpushed buffer to the pool.
+    pub fn free(&mut self, extent: Extent) -> Result<()> {
+        self.pool.free_rec(&IoRec::single(extent, 0))
+    }
+
+    /// Pushes one iorec (its extents in distinct buffers this producer holds). `Err(Full)`: the
+    /// full FIFO has no room (back-pressure); try later.
+    pub fn push(&mut self, rec: IoRec) -> Result<()> {
+        match self.push_batch(std::slice::from_ref(&rec))? {
+            1 => Ok(()),
+            _ => Err(Error::Full),
+        }
+    }
+
+    /// Pushes as many of `recs` as there is room for, in order; returns how many (0 = full).
+    /// An iorec naming buffers this producer does not hold stops the batch (an error if first).
+    pub fn push_batch(&mut self, recs: &[IoRec]) -> Result<usize> {
+        self.core.check()?;
+        let want = u32::try_from(recs.len()).unwrap_or(u32::MAX);
+        let room = self
+            .full
+            .room(want)
+            .map_err(|e| self.core.index_violation(e))?;
+        let n = want.min(room);
+        if n < want {
+            self.core.counters.full += 1;
+        }
+        let mut done = 0u32;
+        let mut err = None;
+        for rec in &recs[..n as usize] {
+            if let Err(e) = self.pool.hand_out(rec) {
+                err = Some(e);
+                break;
+            }
+            self.full.write(done, rec);
+            done += 1;
+        }
+        if done > 0 {
+            self.full.publish(done);
+            self.core.counters.iorecs_out += u64::from(done);
+            self.waker.notify_peer();
+        }
+        match err {
+            Some(e) if done == 0 => Err(e),
+            _ => Ok(done as usize),
+        }
+    }
+
+    /// Takes back every buffer the consumer returned on the empty FIFO; returns how many iorecs.
+    /// Iorecs naming buffers that are not in flight are counted and discarded.
+    pub fn reclaim(&mut self) -> Result<usize> {
+        self.core.check()?;
+        let avail = self
+            .empty
+            .refresh()
+            .map_err(|e| self.core.index_violation(e))?;
+        let mut ok = 0;
+        for i in 0..avail {
+            let rec = self.empty.read(i);
+            match self.pool.take_back(&rec) {
+                Ok(()) => {
+                    // Cannot fail: take_back just made every buffer of `rec` HELD.
+                    let _ = self.pool.free_rec(&rec);
+                    ok += 1;
+                }
+                Err(e) => {
+                    self.core.invalid(e);
+                }
+            }
+        }
+        if avail > 0 {
+            self.empty.consume(avail);
+            self.core.counters.iorecs_in += ok as u64;
+            self.waker.notify_peer();
+        }
+        Ok(ok)
+    }
+
+    /// Whether a push could go ahead now: room on the full FIFO and a free or reclaimable buffer.
+    pub fn ready(&mut self) -> Result<bool> {
+        ready(&mut self.core, &mut self.full, &mut self.empty, &self.pool)
+    }
+
+    /// Blocks until [`ready`](Self::ready) or `timeout` (`Err(Timeout)`).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let Producer {
+            core,
+            waker,
+            full,
+            empty,
+            pool,
+        } = self;
+        waker.wait(timeout, || ready(core, full, empty, pool))
+    }
+
+    /// For event loops: arms the wake-up and says whether work is already there (`true`: do not
+    /// sleep). On `false`, sleep until [`AsFd::as_fd`] is readable (poll/epoll), then call
+    /// [`finish_wait`](Self::finish_wait).
+    pub fn prepare_wait(&mut self) -> Result<bool> {
+        self.waker.arm();
+        let r = self.ready();
+        if !matches!(r, Ok(false)) {
+            self.waker.disarm();
+        }
+        r
+    }
+
+    /// Disarms the wake-up and drains the eventfd after a sleep.
+    pub fn finish_wait(&mut self) {
+        self.waker.disarm();
+    }
+
+    /// This endpoint's counters.
+    pub fn counters(&self) -> Counters {
+        self.waker.fill(self.core.counters)
+    }
+
+    /// Why the channel is broken, if it is.
+    pub fn broken(&self) -> Option<&str> {
+        self.core.broken.as_deref()
+    }
+
+    /// Buffers in the pool, and of those free now.
+    pub fn buffers(&self) -> (usize, usize) {
+        (self.pool.buffers(), self.pool.free_count())
+    }
+
+    /// Size of each buffer.
+    pub fn buffer_bytes(&self) -> usize {
+        self.pool.buf_bytes() as usize
+    }
+}
+
+fn ready(
+    core: &mut Core,
+    full: &mut ProdCursor,
+    empty: &mut ConsCursor,
+    pool: &Pool,
+) -> Result<bool> {
+    core.check()?;
+    if full.room(1).map_err(|e| core.index_violation(e))? == 0 {
+        return Ok(false);
+    }
+    Ok(pool.free_count() > 0 || empty.refresh().map_err(|e| core.index_violation(e))? > 0)
+}
+
+impl AsFd for Producer {
+    /// Readable when the consumer made progress (room on the full FIFO, buffers returned).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.waker.fd()
+    }
+}
+
+/// The driver's end of a transmit channel: pops and validates iorecs, copies their bytes out,
+/// releases them back. Treats everything in shared memory as hostile; maps the data area
+/// read-only.
+#[derive(Debug)]
+pub struct Consumer {
+    core: Core,
+    waker: Waker,
+    full: ConsCursor,
+    empty: ProdCursor,
+    /// Iorecs popped and not yet released: `pop` only runs while the empty FIFO has room for all
+    /// of them, so `release` never finds it full.
+    held: u32,
+}
+
+impl Consumer {
+    /// Attaches from the channel's fds (the data fd may be read-only) and the trusted spec.
+    pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
+        let (core, waker) = Core::attach(spec, fds, Side::Consumer, false)?;
+        Ok(Consumer {
+            full: ConsCursor::new(core.full, 0),
+            empty: ProdCursor::new(core.empty, 0),
+            held: 0,
+            core,
+            waker,
+        })
+    }
+
+    /// Pops one iorec, validated. `Ok(None)`: nothing there (or no room to release it later).
+    /// An invalid iorec is consumed, counted and returned as `Err(InvalidIoRec)`.
+    pub fn pop(&mut self) -> Result<Option<IoRec>> {
+        self.core.check()?;
+        if poppable(
+            &mut self.core,
+            &mut self.full,
+            &mut self.empty,
+            self.held,
+            1,
+        )? == 0
+        {
+            return Ok(None);
+        }
+        let rec = self.full.read(0);
+        self.full.consume(1);
+        self.waker.notify_peer();
+        match rec.validate(&self.core.limits) {
+            Ok(()) => {
+                self.held += 1;
+                self.core.counters.iorecs_in += 1;
+                Ok(Some(rec))
+            }
+            Err(e) => Err(self.core.invalid(e)),
+        }
+    }
+
+    /// Pops up to `out.len()` iorecs; returns how many valid ones it stored at the front of
+    /// `out`. Invalid ones are consumed, counted and skipped.
+    pub fn pop_batch(&mut self, out: &mut [IoRec]) -> Result<usize> {
+        self.core.check()?;
+        let want = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        let n = poppable(
+            &mut self.core,
+            &mut self.full,
+            &mut self.empty,
+            self.held,
+            want,
+        )?;
+        let mut k = 0;
+        for i in 0..n {
+            let rec = self.full.read(i);
+            match rec.validate(&self.core.limits) {
+                Ok(()) => {
+                    out[k] = rec;
+                    k += 1;
+                }
+                Err(e) => {
+                    self.core.invalid(e);
+                }
+            }
+        }
+        if n > 0 {
+            self.full.consume(n);
+            self.held += k as u32;
+            self.core.counters.iorecs_in += k as u64;
+            self.waker.notify_peer();
+        }
+        Ok(k)
+    }
+
+    /// Copies the bytes of `rec`'s extents, in order, into `dst`; returns the length. The bytes
+    /// are the producer's and may change while we copy: check headers in the copy, not before.
+    pub fn copy_out(&self, rec: &IoRec, dst: &mut [u8]) -> Result<usize> {
+        // SAFETY: `dst` is a live exclusive slice of `dst.len()` bytes in private memory, so it is
+        // valid for writes and cannot overlap the shared mapping.
+        unsafe { self.core.gather(rec, dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// Copies one extent (e.g. just the header) into `dst`; returns the length.
+    pub fn copy_extent_out(&self, extent: Extent, dst: &mut [u8]) -> Result<usize> {
+        self.copy_out(&IoRec::single(extent, 0), dst)
+    }
+
+    /// [`copy_out`](Self::copy_out) into raw memory, e.g. straight into an mbuf's data room.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `cap` bytes and must not overlap this channel's data area.
+    pub unsafe fn copy_out_raw(&self, rec: &IoRec, dst: *mut u8, cap: usize) -> Result<usize> {
+        // SAFETY: the caller's contract is exactly `gather`'s.
+        unsafe { self.core.gather(rec, dst, cap) }
+    }
+
+    /// Hands one popped iorec back to the producer on the empty FIFO.
+    pub fn release(&mut self, rec: IoRec) -> Result<()> {
+        self.release_batch(std::slice::from_ref(&rec))
+    }
+
+    /// Hands popped iorecs back (never `Full` while the peer's index is sane: `pop` kept room).
+    pub fn release_batch(&mut self, recs: &[IoRec]) -> Result<()> {
+        self.core.check()?;
+        let n = u32::try_from(recs.len()).unwrap_or(u32::MAX);
+        if n > self.held {
+            return Err(Error::NotHeld { offset: 0, len: 0 });
+        }
+        let room = self
+            .empty
+            .room(n)
+            .map_err(|e| self.core.index_violation(e))?;
+        if room < n {
+            return Err(Error::Full);
+        }
+        for (i, rec) in recs.iter().enumerate() {
+            self.empty.write(i as u32, rec);
+        }
+        self.empty.publish(n);
+        self.held -= n;
+        self.core.counters.iorecs_out += u64::from(n);
+        self.waker.notify_peer();
+        Ok(())
+    }
+
+    /// Whether `pop` would return something now.
+    pub fn ready(&mut self) -> Result<bool> {
+        self.core.check()?;
+        Ok(poppable(
+            &mut self.core,
+            &mut self.full,
+            &mut self.empty,
+            self.held,
+            1,
+        )? > 0)
+    }
+
+    /// Blocks until [`ready`](Self::ready) or `timeout` (`Err(Timeout)`).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let Consumer {
+            core,
+            waker,
+            full,
+            empty,
+            held,
+        } = self;
+        waker.wait(timeout, || {
+            core.check()?;
+            Ok(poppable(core, full, empty, *held, 1)? > 0)
+        })
+    }
+
+    /// For event loops: see [`Producer::prepare_wait`].
+    pub fn prepare_wait(&mut self) -> Result<bool> {
+        self.waker.arm();
+        let r = self.ready();
+        if !matches!(r, Ok(false)) {
+            self.waker.disarm();
+        }
+        r
+    }
+
+    /// Disarms the wake-up and drains the eventfd after a sleep.
+    pub fn finish_wait(&mut self) {
+        self.waker.disarm();
+    }
+
+    /// This endpoint's counters.
+    pub fn counters(&self) -> Counters {
+        self.waker.fill(self.core.counters)
+    }
+
+    /// Why the channel is broken, if it is.
+    pub fn broken(&self) -> Option<&str> {
+        self.core.broken.as_deref()
+    }
+
+    /// Iorecs popped and not yet released.
+    pub fn held(&self) -> u32 {
+        self.held
+    }
+
+    /// The data area (read-only mapping) as a raw range, for registering it with DPDK as external
+    /// memory. Never dereference it as a Rust reference: the producer writes it at any time.
+    pub fn data_area(&self) -> (std::ptr::NonNull<u8>, usize) {
+        (self.core.data.ptr(), self.core.data.len())
+    }
+}
+
+/// How many iorecs may be popped now: available on the full FIFO, with room on the empty FIFO to
+/// release them and everything already held.
+fn poppable(
+    core: &mut Core,
+    full: &mut ConsCursor,
+    empty: &mut ProdCursor,
+    held: u32,
+    want: u32,
+) -> Result<u32> {
+    let avail = full.avail(want).map_err(|e| core.index_violation(e))?;
+    if avail == 0 {
+        return Ok(0);
+    }
+    let need = held.saturating_add(want.min(avail));
+    let room = empty.room(need).map_err(|e| core.index_violation(e))?;
+    Ok(avail.min(want).min(room.saturating_sub(held)))
+}
+
+impl AsFd for Consumer {
+    /// Readable when the producer pushed or reclaimed.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.waker.fd()
+    }
+}
