@@ -1,0 +1,195 @@
+//! The flow manager ⇄ driver control protocol (root only, on the driver's control socket).
+//!
+//! Every request gets exactly one reply. `InstallFlow` carries the flow's two channels as fds:
+//! the transmit channel's four, then the receive channel's four (see
+//! [`nemflow_rbuf::ChannelFds`] for their order).
+
+use serde::{Deserialize, Serialize};
+
+use crate::flow::{Filter, FlowId, Qos, Template};
+use nemflow_rbuf::ChannelSpec;
+
+/// Fds that travel with [`DriverRequest::InstallFlow`].
+pub const INSTALL_FLOW_FDS: usize = 2 * nemflow_rbuf::CHANNEL_FDS;
+
+/// A request to the driver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DriverRequest {
+    /// Who is asking; answered with [`DriverReply::Hello`].
+    Hello {
+        /// A name for logs.
+        client: String,
+    },
+    /// Installs a flow; its channels' fds come with the message.
+    InstallFlow {
+        /// The flow's id (unique among installed flows).
+        id: FlowId,
+        /// Receive filter.
+        filter: Filter,
+        /// Transmit template.
+        template: Template,
+        /// Transmit QoS.
+        qos: Qos,
+        /// Geometry of the transmit channel (app → driver).
+        tx: ChannelSpec,
+        /// Geometry of the receive channel (driver → app).
+        rx: ChannelSpec,
+    },
+    /// Changes a flow's QoS.
+    SetQos {
+        /// The flow.
+        id: FlowId,
+        /// Its new QoS.
+        qos: Qos,
+    },
+    /// Removes a flow: filter, scheduling and channel mappings go at once.
+    RemoveFlow {
+        /// The flow.
+        id: FlowId,
+    },
+    /// Statistics of one flow, or of all when `None`.
+    FlowStats {
+        /// The flow, or all.
+        id: Option<FlowId>,
+    },
+    /// The port's state and counters.
+    PortInfo,
+    /// Drop-log entries with a sequence number above `after`, at most `max`.
+    DropLog {
+        /// Last sequence number already seen (0 for all).
+        after: u64,
+        /// Most entries to return.
+        max: u32,
+    },
+}
+
+/// The driver's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DriverReply {
+    /// Done.
+    Ok,
+    /// Answer to `Hello`.
+    Hello(PortInfo),
+    /// The request failed.
+    Error {
+        /// What kind of failure.
+        kind: ErrorKind,
+        /// A readable explanation.
+        message: String,
+    },
+    /// Flow statistics.
+    FlowStats(Vec<FlowStats>),
+    /// Port state.
+    PortInfo(PortInfo),
+    /// Drop-log entries, oldest first.
+    DropLog(Vec<DropEntry>),
+}
+
+/// Kinds of failure a request can meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request is malformed or its values are out of range.
+    Invalid,
+    /// A flow with this id or filter exists already.
+    Exists,
+    /// No such flow.
+    NotFound,
+    /// The channels' fds are not what the request promised.
+    BadChannel,
+    /// The scheduler's admission control refused the QoS.
+    Admission,
+    /// The driver is out of a resource (flows, memory).
+    Exhausted,
+}
+
+/// The port's identity, link and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PortInfo {
+    /// Device name (`net_tap0`, a PCI address …).
+    pub name: String,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// Link up.
+    pub link_up: bool,
+    /// Link rate the driver paces to, bit/s.
+    pub rate_bps: u64,
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Frames the NIC dropped for lack of descriptors.
+    pub rx_missed: u64,
+    /// Receive buffer allocation failures.
+    pub rx_nombuf: u64,
+    /// Frames the driver dropped before any flow, by reason (name, count).
+    pub drops: Vec<(String, u64)>,
+    /// Flows installed.
+    pub flows: u32,
+}
+
+/// Counters of one flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FlowStats {
+    /// The flow.
+    pub id: FlowId,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Frames delivered to the flow.
+    pub rx_packets: u64,
+    /// Bytes delivered.
+    pub rx_bytes: u64,
+    /// Frames dropped because the flow had no empty receive buffer.
+    pub rx_dropped_no_buffer: u64,
+    /// Transmitted frames that did not match the template (dropped, never sent).
+    pub tx_template_violations: u64,
+    /// Iorecs from the app that failed validation.
+    pub invalid_iorecs: u64,
+    /// Frames the port refused or that found no mbuf (dropped after scheduling).
+    pub tx_dropped: u64,
+    /// Guaranteed wire time used, ns.
+    pub sched_guaranteed_ns: u64,
+    /// Slack wire time used, ns.
+    pub sched_extra_ns: u64,
+    /// Periods whose slice was not delivered while the flow was backlogged.
+    pub sched_deadline_misses: u64,
+    /// Whether the flow's channels were marked broken (the app misbehaved).
+    pub broken: bool,
+}
+
+/// One dropped frame, as the driver logged it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropEntry {
+    /// Sequence number, increasing from 1.
+    pub seq: u64,
+    /// When, in ns of `CLOCK_REALTIME`.
+    pub time_ns: u64,
+    /// The flow the frame belonged to, if any.
+    pub flow: Option<FlowId>,
+    /// Why it was dropped.
+    pub reason: DropReason,
+    /// Frame length in bytes.
+    pub len: u32,
+}
+
+/// Why the driver dropped a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DropReason {
+    /// Received for a flow that had no empty buffer.
+    RxNoBuffer,
+    /// Transmitted frame did not match the flow's template.
+    TxTemplate,
+    /// An iorec from the app failed validation.
+    InvalidIoRec,
+    /// The port did not take a frame or no mbuf was free.
+    TxNoMbuf,
+    /// Received frame was malformed.
+    RxMalformed,
+    /// Received frame matched no flow and the flow manager's flow was full or absent.
+    RxUnmatched,
+}

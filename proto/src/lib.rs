@@ -1,0 +1,17 @@
+//! nemflow's control protocols.
+//!
+//! - [`flow`]: how a flow is described — receive filter, transmit template, QoS, and the flow
+//!   information block an application's stack is built from.
+//! - [`ctl`]: the flow manager ⇄ driver protocol (flows, QoS, statistics, drop log).
+//! - [`wire`]: the framing both protocols use on Unix stream sockets: a versioned,
+//!   length-prefixed header, a `postcard` payload, fds with `SCM_RIGHTS`.
+//!
+//! Nothing here trusts its peer: decoding a message never panics, whatever the bytes.
+
+#![forbid(unsafe_code)]
+
+pub mod ctl;
+pub mod flow;
+pub mod wire;
+
+pub use flow::{Fib, Filter, FlowId, Qos, Template, TemplateKind};
