@@ -388,7 +388,8 @@ mod tests {
 
     #[test]
     fn hostile_headers_are_errors() {
-        let cases: [(&[u8], fn(&WireError) -> bool); 3] = [
+        type Check = fn(&WireError) -> bool;
+        let cases: [(&[u8], Check); 3] = [
             (b"XX\x01\x00\x00\x00\x00\x00", |e| {
                 matches!(e, WireError::BadMagic(_))
             }),
