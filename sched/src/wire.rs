@@ -1,0 +1,156 @@
+//! Exact wire time.
+//!
+//! A frame of `L` bytes occupies an Ethernet wire for `(L + 24) * 8` bit times: the frame, its
+//! FCS, preamble + start delimiter and the inter-frame gap (`24` = 4 + 8 + 12 bytes). At a link
+//! rate of `R` bit/s that is `(L + 24) * 8 * 10^9 / R` ns, which is rarely a whole number of
+//! nanoseconds (or of picoseconds: 3 Gbit/s gives thirds of a picosecond).
+//!
+//! # Representation, and why
+//!
+//! Nothing here is rounded. Every duration is an integer count of **rate units**, where one unit
+//! is `1 / R` ns: a nanosecond is `R` units and one bit time is `10^9` units, so both the
+//! caller's nanosecond clock and every frame's wire time are exact integers. Budgets and
+//! accumulated use are kept in these units (`i128`/`u128`: at `R` ≤ 10 Tbit/s a `u128` holds
+//! more than 10^15 years). The wire clock, which the caller compares with its nanosecond clock
+//! on every poll, is kept as whole nanoseconds plus a carried remainder below one nanosecond
+//! ([`WireInstant`]), so reading it never needs a 128-bit division. Sums of 10^9 frames are
+//! therefore identical to the closed form `N * (L + 24) * 8 * 10^9 / R`: no drift over hours or
+//! years (see the `wire_clock_no_drift` test).
+
+/// Bytes each frame costs on the wire beyond its own length: FCS (4), preamble and start frame
+/// delimiter (8), inter-frame gap (12).
+pub const WIRE_OVERHEAD_BYTES: u64 = 24;
+
+/// Bit times in one rate unit's worth of a nanosecond: one bit time is `10^9` rate units.
+pub(crate) const UNITS_PER_BIT: u64 = 1_000_000_000;
+
+/// Highest link rate accepted (10 Tbit/s): keeps every intermediate product far inside `u64`
+/// for a single frame and inside `u128` for any sum.
+pub const MAX_LINK_RATE_BPS: u64 = 10_000_000_000_000;
+
+/// Longest frame accepted by [`crate::Scheduler::charge`]: 1 MiB (far above any jumbo frame or
+/// TSO segment), so `(L + 24) * 8 * 10^9` fits in a `u64`.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+
+/// Bits a frame of `len_bytes` occupies on the wire, overhead included.
+#[inline]
+pub const fn wire_bits(len_bytes: u32) -> u64 {
+    (len_bytes as u64 + WIRE_OVERHEAD_BYTES) * 8
+}
+
+/// An exact point on the wire clock: `ns + frac / link_rate_bps` nanoseconds, `frac < rate`.
+///
+/// The derived ordering is correct because `frac` is always normalised below the rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub struct WireInstant {
+    /// Whole nanoseconds.
+    pub ns: u64,
+    /// Fraction of the next nanosecond, in units of `1 / link_rate_bps` ns.
+    pub frac: u64,
+}
+
+impl WireInstant {
+    /// The instant as an exact count of rate units (`ns * rate + frac`).
+    #[inline]
+    pub fn units(self, rate: u64) -> u128 {
+        u128::from(self.ns) * u128::from(rate) + u128::from(self.frac)
+    }
+
+    /// The first whole nanosecond at or after this instant.
+    #[inline]
+    pub fn ceil_ns(self) -> u64 {
+        self.ns.saturating_add(u64::from(self.frac != 0))
+    }
+}
+
+/// The wire time of one frame length, split for the two uses: `units` for budgets,
+/// `ns` + `frac` for advancing the [`WireInstant`] clock without a division.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameCost {
+    pub len_bytes: u32,
+    pub bits: u64,
+    /// `bits * 10^9`: the wire time in rate units.
+    pub units: u64,
+    pub ns: u64,
+    pub frac: u64,
+}
+
+impl FrameCost {
+    #[inline]
+    pub fn new(len_bytes: u32, rate: u64) -> Self {
+        let bits = wire_bits(len_bytes);
+        let units = bits * UNITS_PER_BIT;
+        Self {
+            len_bytes,
+            bits,
+            units,
+            ns: units / rate,
+            frac: units % rate,
+        }
+    }
+}
+
+/// Adds a frame's wire time to an instant, carrying the sub-nanosecond remainder.
+#[inline]
+pub(crate) fn advance(at: WireInstant, cost: &FrameCost, rate: u64) -> WireInstant {
+    let mut ns = at.ns + cost.ns;
+    let mut frac = at.frac + cost.frac;
+    if frac >= rate {
+        frac -= rate;
+        ns += 1;
+    }
+    WireInstant { ns, frac }
+}
+
+/// Splits an exact count of rate units into a [`WireInstant`].
+#[inline]
+pub(crate) fn instant_from_units(units: u128, rate: u64) -> WireInstant {
+    let rate = u128::from(rate);
+    // Quotient fits u64 for any instant a u64-nanosecond clock can name.
+    WireInstant {
+        ns: u64::try_from(units / rate).unwrap_or(u64::MAX),
+        frac: (units % rate) as u64,
+    }
+}
+
+/// `units` rate units as whole nanoseconds, rounded down.
+#[inline]
+pub(crate) fn units_to_ns_floor(units: u128, rate: u64) -> u64 {
+    u64::try_from(units / u128::from(rate)).unwrap_or(u64::MAX)
+}
+
+/// `units` rate units as whole nanoseconds, rounded up.
+#[inline]
+pub(crate) fn units_to_ns_ceil(units: u128, rate: u64) -> u64 {
+    u64::try_from(units.div_ceil(u128::from(rate))).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_cost_at_100_mbit() {
+        // 1514-byte frame: (1514 + 24) * 8 = 12304 bits = 123.04 us at 100 Mbit/s, exactly.
+        let c = FrameCost::new(1514, 100_000_000);
+        assert_eq!(c.bits, 12_304);
+        assert_eq!((c.ns, c.frac), (123_040, 0));
+        // 64-byte frame at 3 Gbit/s: 704 bits = 234.666.. ns.
+        let c = FrameCost::new(64, 3_000_000_000);
+        assert_eq!((c.ns, c.frac), (234, 2_000_000_000));
+    }
+
+    #[test]
+    fn advance_carries_remainder() {
+        let rate = 3_000_000_000;
+        let c = FrameCost::new(64, rate);
+        let mut at = WireInstant::default();
+        for _ in 0..3 {
+            at = advance(at, &c, rate);
+        }
+        // 3 * 704 bits = 2112 bits = 704 ns exactly.
+        assert_eq!(at, WireInstant { ns: 704, frac: 0 });
+        assert_eq!(WireInstant { ns: 5, frac: 1 }.ceil_ns(), 6);
+        assert_eq!(WireInstant { ns: 5, frac: 0 }.ceil_ns(), 5);
+    }
+}
