@@ -4,8 +4,13 @@
 //! [`dpdk`] is the safe layer over DPDK (the only module that calls `dpdk_sys`); [`port`] is the
 //! trait the data path is written against, with the DPDK port and an in-memory port for tests.
 
+pub mod classify;
+pub mod datapath;
 pub mod dpdk;
+pub mod droplog;
+pub mod flowtable;
 pub mod port;
 pub mod preflight;
 pub mod smoke;
 pub mod tap_peer;
+pub mod template;

@@ -11,6 +11,10 @@ pub trait Frame {
     fn bytes(&self) -> &[u8];
     /// The frame's bytes, writable.
     fn bytes_mut(&mut self) -> &mut [u8];
+    /// Whether the frame spans several buffers (then `bytes` is only the first).
+    fn is_segmented(&self) -> bool {
+        false
+    }
 }
 
 /// Port counters, in the shape of `rte_eth_stats`.
@@ -67,6 +71,10 @@ impl Frame for Mbuf<'_> {
 
     fn bytes_mut(&mut self) -> &mut [u8] {
         self.data_mut()
+    }
+
+    fn is_segmented(&self) -> bool {
+        self.segments() > 1
     }
 }
 

@@ -1,6 +1,8 @@
 //! The driver binary's answers to bad input: one readable line on stderr and a non-zero exit,
 //! never a panic or a backtrace.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // in tests, a failed expectation is the failure
+
 use std::path::Path;
 use std::process::{Command, Output};
 

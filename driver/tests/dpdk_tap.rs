@@ -3,6 +3,8 @@
 //! left behind. Two copies of the test run at once (nextest: one process each) to show that
 //! unique file prefixes and interface names keep them apart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // in tests, a failed expectation is the failure
+
 use std::time::Duration;
 
 use nemflow_driver::dpdk::{Eal, EthPort, Mempool, PortConf};
