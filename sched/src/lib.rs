@@ -79,7 +79,7 @@ pub use error::SchedError;
 pub use qos::{Qos, MAX_PERIOD_NS};
 pub use scheduler::{Pick, Scheduler};
 pub use stats::{FlowStats, PeriodUsage, Usage};
-pub use wire::{WireInstant, MAX_FRAME_BYTES, MAX_LINK_RATE_BPS, WIRE_OVERHEAD_BYTES};
+pub use wire::{WireClock, WireInstant, MAX_FRAME_BYTES, MAX_LINK_RATE_BPS, WIRE_OVERHEAD_BYTES};
 
 /// The admission reserve (ppm, rounded up) that covers non-preemption for `flows` guaranteed
 /// flows sending frames of up to `max_frame_bytes` with periods of at least `min_period_ns`

@@ -7,7 +7,7 @@ use crate::admission::Admission;
 use crate::heap::{Entry, Heap};
 use crate::stats::{FlowStats, PeriodUsage, Usage};
 use crate::wire::{
-    self, FrameCost, WireInstant, MAX_FRAME_BYTES, MAX_LINK_RATE_BPS, UNITS_PER_BIT,
+    self, WireClock, WireInstant, MAX_FRAME_BYTES, MAX_LINK_RATE_BPS, UNITS_PER_BIT,
 };
 use crate::{Qos, SchedError};
 
@@ -138,9 +138,8 @@ pub struct Scheduler {
     slack: VecDeque<(u32, u32)>,
     /// Slack entries of removed flows still in the ring.
     slack_dead: usize,
-    wire_free: WireInstant,
+    wire: WireClock,
     clock_ns: u64,
-    cost: FrameCost,
     /// `(id, slot)` of the last `Send`, so `charge` skips the id lookup.
     last_pick: Option<(u32, u32)>,
     /// Slot of the last flow charged (the one a latency hint may hold the wire for).
@@ -174,9 +173,8 @@ impl Scheduler {
             waiting: Heap::default(),
             slack: VecDeque::new(),
             slack_dead: 0,
-            wire_free: WireInstant::default(),
+            wire: WireClock::new(link_rate_bps),
             clock_ns: 0,
-            cost: FrameCost::new(0, link_rate_bps),
             last_pick: None,
             last_sent: None,
             hold: None,
@@ -220,12 +218,12 @@ impl Scheduler {
 
     /// When the wire is next free, ns (rounded up to the next whole ns).
     pub fn wire_free_at_ns(&self) -> u64 {
-        self.wire_free.ceil_ns()
+        self.wire.free_at().ceil_ns()
     }
 
     /// When the wire is next free, exactly.
     pub fn wire_free_at(&self) -> WireInstant {
-        self.wire_free
+        self.wire.free_at()
     }
 
     /// Adds a flow (not yet backlogged). Its first period starts at `now_ns`.
@@ -389,7 +387,7 @@ impl Scheduler {
     #[inline]
     pub fn pick(&mut self, now_ns: u64) -> Pick {
         let now = now_ns.max(self.clock_ns);
-        let free = self.wire_free.ceil_ns();
+        let free = self.wire.free_at().ceil_ns();
         if free > now.saturating_add(self.lookahead_ns) {
             return Pick::WaitUntil(free - self.lookahead_ns);
         }
@@ -493,16 +491,8 @@ impl Scheduler {
         if self.hold.is_some() {
             self.end_hold(t);
         }
-        if self.cost.len_bytes != len_bytes {
-            self.cost = FrameCost::new(len_bytes, self.rate);
-        }
-        let cost = self.cost;
-        let start = if t <= self.wire_free.ceil_ns() {
-            self.wire_free
-        } else {
-            WireInstant { ns: t, frac: 0 }
-        };
-        self.wire_free = wire::advance(start, &cost, self.rate);
+        self.wire.send(t, len_bytes);
+        let cost = *self.wire.last_cost();
         if self.hot[slot as usize].deadline_ns <= t {
             self.unplace(slot);
             self.refresh(slot, t);
@@ -690,8 +680,9 @@ impl Scheduler {
         if self.hold.is_some() || self.last_sent != Some(slot) || h.r <= 0 || h.slice_units == 0 {
             return;
         }
-        let start = if t <= self.wire_free.ceil_ns() {
-            self.wire_free
+        let free = self.wire.free_at();
+        let start = if t <= free.ceil_ns() {
+            free
         } else {
             WireInstant { ns: t, frac: 0 }
         };
@@ -729,7 +720,7 @@ impl Scheduler {
         c.period_held_units += held;
         // The idle wire time was the flow's: nobody else could send in it.
         let held_end = wire::instant_from_units(hold.start.units(rate) + held, rate);
-        self.wire_free = self.wire_free.max(held_end);
+        self.wire.occupy_until(held_end);
         if h.r <= 0 && h.place == Place::Ready {
             self.unplace(hold.slot);
             self.place(hold.slot);

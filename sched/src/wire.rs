@@ -102,6 +102,73 @@ pub(crate) fn advance(at: WireInstant, cost: &FrameCost, rate: u64) -> WireInsta
     WireInstant { ns, frac }
 }
 
+/// The wire clock: when the wire is next free, exactly, for one link rate.
+///
+/// [`send`](Self::send) puts a frame on the wire: it starts when the wire goes free, or at
+/// `now_ns` if the wire has been idle since before then. A caller that comes back within the
+/// nanosecond in which the wire went free (it can only name whole nanoseconds) continues back
+/// to back, so no fraction of a nanosecond is ever lost or gained.
+#[derive(Debug, Clone)]
+pub struct WireClock {
+    rate: u64,
+    free: WireInstant,
+    /// Wire time of the last frame length seen (one division per change of length).
+    cost: FrameCost,
+}
+
+impl WireClock {
+    /// A clock for a link of `link_rate_bps` (1..=[`MAX_LINK_RATE_BPS`]), free at time 0.
+    pub fn new(link_rate_bps: u64) -> Self {
+        let rate = link_rate_bps.clamp(1, MAX_LINK_RATE_BPS);
+        Self {
+            rate,
+            free: WireInstant::default(),
+            cost: FrameCost::new(0, rate),
+        }
+    }
+
+    /// The link rate, bit/s.
+    pub fn rate_bps(&self) -> u64 {
+        self.rate
+    }
+
+    /// When the wire is next free.
+    #[inline]
+    pub fn free_at(&self) -> WireInstant {
+        self.free
+    }
+
+    /// Sends a frame of `len_bytes` (≤ [`MAX_FRAME_BYTES`]) at `now_ns`; returns when it
+    /// starts. The wire is then free at `start + wire time`.
+    #[inline]
+    pub fn send(&mut self, now_ns: u64, len_bytes: u32) -> WireInstant {
+        if self.cost.len_bytes != len_bytes {
+            self.cost = FrameCost::new(len_bytes.min(MAX_FRAME_BYTES), self.rate);
+        }
+        let start = if now_ns <= self.free.ceil_ns() {
+            self.free
+        } else {
+            WireInstant {
+                ns: now_ns,
+                frac: 0,
+            }
+        };
+        self.free = advance(start, &self.cost, self.rate);
+        start
+    }
+
+    /// The wire time of the frame last sent, rate units and bits.
+    #[inline]
+    pub(crate) fn last_cost(&self) -> &FrameCost {
+        &self.cost
+    }
+
+    /// Keeps the wire busy until at least `until` (a latency-hint hold).
+    pub(crate) fn occupy_until(&mut self, until: WireInstant) {
+        self.free = self.free.max(until);
+    }
+}
+
 /// Splits an exact count of rate units into a [`WireInstant`].
 #[inline]
 pub(crate) fn instant_from_units(units: u128, rate: u64) -> WireInstant {
