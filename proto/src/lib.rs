@@ -3,6 +3,7 @@
 //! - [`flow`]: how a flow is described — receive filter, transmit template, QoS, and the flow
 //!   information block an application's stack is built from.
 //! - [`ctl`]: the flow manager ⇄ driver protocol (flows, QoS, statistics, drop log).
+//! - [`app`]: the application ⇄ flow manager protocol (open, close, QoS, listings, events).
 //! - [`wire`]: the framing both protocols use on Unix stream sockets: a versioned,
 //!   length-prefixed header, a `postcard` payload, fds with `SCM_RIGHTS`.
 //!
@@ -10,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod ctl;
 pub mod flow;
 pub mod wire;
