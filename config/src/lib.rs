@@ -254,6 +254,32 @@ pub struct FlowMgr {
     pub max_flows_per_uid: u32,
     /// Most channel memory one uid may hold, in bytes.
     pub max_channel_bytes_per_uid: u64,
+    /// Most applications connected at once (further connections are closed at once, counted).
+    pub max_clients: u32,
+    /// A client that sends part of a request and then stalls this long is disconnected, ms.
+    pub client_timeout_ms: u64,
+    /// How long one call to the driver may take before the driver counts as unreachable, ms.
+    pub driver_timeout_ms: u64,
+    /// Default data area of each channel of a flow (apps may ask for other sizes), bytes.
+    pub channel_bytes: u64,
+    /// Default FIFO slots of each channel of a flow (a power of two).
+    pub channel_slots: u32,
+    /// Largest data area one channel may have, bytes.
+    pub max_channel_bytes: u64,
+    /// How long a resolved ARP entry counts as fresh before it is refreshed, ms.
+    pub arp_timeout_ms: u64,
+    /// Wait between ARP requests for an unresolved address, ms.
+    pub arp_retry_ms: u64,
+    /// ARP requests sent for an address before it counts as unreachable.
+    pub arp_retries: u32,
+    /// How long a closed TCP connection's 5-tuple is held before it may be reused, ms.
+    pub time_wait_ms: u64,
+    /// ICMP errors and TCP resets the host sends per second at most (token bucket rate).
+    pub icmp_errors_per_sec: u32,
+    /// Burst of ICMP errors and resets allowed above that rate.
+    pub icmp_errors_burst: u32,
+    /// ICMP echo replies per second at most.
+    pub echo_replies_per_sec: u32,
 }
 
 impl Default for FlowMgr {
@@ -267,6 +293,19 @@ impl Default for FlowMgr {
             privileged_port_uids: Vec::new(),
             max_flows_per_uid: 1024,
             max_channel_bytes_per_uid: 1 << 30,
+            max_clients: 1024,
+            client_timeout_ms: 5_000,
+            driver_timeout_ms: 2_000,
+            channel_bytes: 256 << 10,
+            channel_slots: 128,
+            max_channel_bytes: 64 << 20,
+            arp_timeout_ms: 60_000,
+            arp_retry_ms: 250,
+            arp_retries: 4,
+            time_wait_ms: 60_000,
+            icmp_errors_per_sec: 100,
+            icmp_errors_burst: 50,
+            echo_replies_per_sec: 1_000,
         }
     }
 }
@@ -409,6 +448,63 @@ impl Config {
         if self.flowmgr.socket_mode > 0o777 {
             return Err(invalid("flowmgr.socket_mode", "allowed: 0..=0o777".into()));
         }
+        let fm = &self.flowmgr;
+        if fm.max_clients == 0 {
+            return Err(invalid("flowmgr.max_clients", "must be > 0".into()));
+        }
+        for (field, ms) in [
+            ("flowmgr.client_timeout_ms", fm.client_timeout_ms),
+            ("flowmgr.driver_timeout_ms", fm.driver_timeout_ms),
+            ("flowmgr.arp_timeout_ms", fm.arp_timeout_ms),
+            ("flowmgr.arp_retry_ms", fm.arp_retry_ms),
+        ] {
+            if !(1..=3_600_000).contains(&ms) {
+                return Err(invalid(field, format!("{ms}: allowed 1..=3600000 ms")));
+            }
+        }
+        if fm.time_wait_ms > 3_600_000 {
+            return Err(invalid(
+                "flowmgr.time_wait_ms",
+                "allowed: 0..=3600000 ms".into(),
+            ));
+        }
+        if !(1..=100).contains(&fm.arp_retries) {
+            return Err(invalid("flowmgr.arp_retries", "allowed: 1..=100".into()));
+        }
+        if fm.max_channel_bytes == 0
+            || fm.max_channel_bytes % 4096 != 0
+            || fm.max_channel_bytes > 1 << 30
+        {
+            return Err(invalid(
+                "flowmgr.max_channel_bytes",
+                "a non-zero multiple of 4096, at most 1 GiB".into(),
+            ));
+        }
+        let frame = u64::from(self.port.max_frame_bytes);
+        if fm.channel_bytes % 4096 != 0
+            || fm.channel_bytes < frame
+            || fm.channel_bytes > fm.max_channel_bytes
+        {
+            return Err(invalid(
+                "flowmgr.channel_bytes",
+                format!(
+                    "{}: a multiple of 4096, at least one frame ({frame} bytes), at most max_channel_bytes ({})",
+                    fm.channel_bytes, fm.max_channel_bytes
+                ),
+            ));
+        }
+        if !fm.channel_slots.is_power_of_two() || !(2..=65536).contains(&fm.channel_slots) {
+            return Err(invalid(
+                "flowmgr.channel_slots",
+                "a power of two in 2..=65536".into(),
+            ));
+        }
+        if fm.icmp_errors_per_sec == 0 || fm.echo_replies_per_sec == 0 {
+            return Err(invalid(
+                "flowmgr.icmp_errors_per_sec",
+                "rates must be > 0 (use a small rate to quieten the host)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -543,6 +639,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("flowmgr.ephemeral_ports"), "{err}");
+        let err = parse("port:\n  vdev: net_null0\nflowmgr:\n  channel_slots: 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flowmgr.channel_slots"), "{err}");
+        let err = parse("port:\n  vdev: net_null0\nflowmgr:\n  channel_bytes: 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flowmgr.channel_bytes"), "{err}");
+        let err = parse("port:\n  vdev: net_null0\nflowmgr:\n  arp_retries: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flowmgr.arp_retries"), "{err}");
     }
 
     #[test]
