@@ -297,10 +297,12 @@ fn plan(sc: &Scenario) -> Result<(Vec<Plan>, u64, u64), SimError> {
             latency_hint_ns,
         };
         qos.validate().map_err(|e| {
-            invalid(
-                at("period_ms/slice_ms/extra/latency_hint_ms"),
-                e.to_string(),
-            )
+            let field = match e {
+                SchedError::ZeroPeriod | SchedError::PeriodTooLong { .. } => "period_ms",
+                SchedError::ZeroLatencyHint => "latency_hint_ms",
+                _ => "slice_ms",
+            };
+            invalid(at(field), e.to_string())
         })?;
         let start_ns = to_ns(&at("start_s"), f.start_s, S)?;
         let stop_ns = match f.stop_s {

@@ -5,6 +5,9 @@
 //! that non-preemptive frames need (see the crate documentation); with it, every flow set the
 //! scheduler admits must meet every guarantee below, checked from the frames on the wire.
 
+// A test crate: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{run, service_per_window, Run, TestFlow};
@@ -80,9 +83,7 @@ fn case(churn: bool) -> impl Strategy<Value = Case> {
                         g.add_at = 0;
                         g.remove_at = None;
                     }
-                    for b in &mut best_effort {
-                        *b = (0, None);
-                    }
+                    best_effort.fill((0, None));
                 }
                 Case {
                     rate,

@@ -1,5 +1,8 @@
 //! Wire time is exact: summing frames never drifts from the closed form.
 
+// A test crate: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use nemflow_sched::{Pick, Qos, Scheduler, WireClock, WireInstant};
 
 /// `n` frames of `len` bytes back to back from t = 0 end exactly at `n·(len+24)·8·10^9/rate` ns.

@@ -1,7 +1,7 @@
 //! A virtual-time driver for the scheduler that records every frame, shared by the integration
 //! tests. All times are exact: `u128` rate units (1 unit = 1/rate ns), as in the crate.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use nemflow_sched::{FlowStats, Pick, Qos, Scheduler};
 
