@@ -147,6 +147,12 @@ impl<P: Port> Datapath<P> {
         })
     }
 
+    /// Lets the scheduler release frames up to `ns` before the wire is free (so that a loop
+    /// that sleeps between polls does not leave the link idle).
+    pub fn set_lookahead_ns(&mut self, ns: u64) {
+        self.sched.set_lookahead_ns(ns);
+    }
+
     /// The port.
     pub fn port(&self) -> &P {
         &self.port

@@ -5,12 +5,14 @@
 //! trait the data path is written against, with the DPDK port and an in-memory port for tests.
 
 pub mod classify;
+pub mod control;
 pub mod datapath;
 pub mod dpdk;
 pub mod droplog;
 pub mod flowtable;
 pub mod port;
 pub mod preflight;
+pub mod run;
 pub mod smoke;
 pub mod tap_peer;
 pub mod template;

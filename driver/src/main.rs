@@ -13,6 +13,9 @@ use nemflow_driver::{preflight, smoke};
 
 /// The nemflow driver: owns the NIC through DPDK, demultiplexes received frames to per-flow
 /// channels, and checks and schedules what flows transmit.
+///
+/// It serves the flow manager on its control socket (driver.control_socket, root only) until
+/// SIGINT or SIGTERM, then removes its socket, its tap interface and DPDK's runtime files.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
@@ -24,7 +27,7 @@ struct Args {
     #[arg(long)]
     check_config: bool,
 
-    /// Smoke run: bring the port up, give the kernel side of a net_tap port the address PEER
+    /// Smoke run instead of serving: bring the port up, give the kernel side of a net_tap port the address PEER
     /// inside a fresh network namespace, resolve it with ARP, ping it, print what happened,
     /// and exit, leaving nothing behind.
     #[arg(long)]
@@ -71,10 +74,11 @@ fn run(args: Args) -> Result<(), String> {
         return Ok(());
     }
     preflight::check(&config).map_err(|e| e.to_string())?;
-    if !args.smoke {
-        return Err("the data path is not built yet: run with --smoke".into());
+    if args.smoke {
+        smoke_run(&config, args.peer, args.pings)
+    } else {
+        nemflow_driver::run::serve(&config).map_err(|e| e.to_string())
     }
-    smoke_run(&config, args.peer, args.pings)
 }
 
 fn smoke_run(

@@ -113,11 +113,35 @@ pub fn send<T: Serialize>(
     msg: &T,
     fds: &[BorrowedFd<'_>],
 ) -> Result<(), WireError> {
+    send_timeout(sock, msg, fds, None)
+}
+
+/// [`send`], giving up with [`WireError::Timeout`] if the peer does not make room for the
+/// message within `timeout` (a peer that stops reading must not stall a daemon).
+pub fn send_timeout<T: Serialize>(
+    sock: &std::os::unix::net::UnixStream,
+    msg: &T,
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> Result<(), WireError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     let bytes = encode(msg)?;
-    let n = fdpass::send_fds(sock, &bytes, fds).map_err(|e| WireError::Io {
-        op: "sendmsg",
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let n = loop {
+        match fdpass::send_fds(sock, &bytes, fds) {
+            Ok(n) => break n,
+            Err(nemflow_rbuf::Error::Os { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                wait_writable(sock, deadline, timeout)?;
+            }
+            Err(e) => {
+                return Err(WireError::Io {
+                    op: "sendmsg",
+                    source: std::io::Error::other(e.to_string()),
+                })
+            }
+        }
+    };
     // The fds went with the first byte; the rest is plain data.
     let mut rest = &bytes[n..];
     let mut writer = sock;
@@ -127,7 +151,7 @@ pub fn send<T: Serialize>(
             Ok(k) => rest = &rest[k..],
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                wait_writable(sock)?;
+                wait_writable(sock, deadline, timeout)?;
             }
             Err(source) => {
                 return Err(WireError::Io {
@@ -140,12 +164,26 @@ pub fn send<T: Serialize>(
     Ok(())
 }
 
-fn wait_writable(sock: &impl AsFd) -> Result<(), WireError> {
-    let mut fds = [rustix::event::PollFd::new(
-        sock,
-        rustix::event::PollFlags::OUT,
-    )];
-    rustix::event::poll(&mut fds, None).map_err(|e| WireError::Io {
+fn wait_writable(
+    sock: &impl AsFd,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+) -> Result<(), WireError> {
+    let left = match deadline {
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(WireError::Timeout(timeout.unwrap_or_default()));
+            }
+            Some(rustix::event::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            })
+        }
+        None => None,
+    };
+    let mut fds = [rustix::event::PollFd::new(sock, rustix::event::PollFlags::OUT)];
+    rustix::event::poll(&mut fds, left.as_ref()).map_err(|e| WireError::Io {
         op: "poll",
         source: e.into(),
     })?;

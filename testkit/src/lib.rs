@@ -4,6 +4,7 @@
 //!
 //! Tests that use these need root (CI runs as root); they fail with a clear message otherwise.
 
+pub mod driver;
 pub mod flows;
 pub mod frames;
 mod netns;

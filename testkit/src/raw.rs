@@ -124,6 +124,68 @@ impl RawSocket {
         }
     }
 
+    /// Asks the kernel to timestamp every received frame (`SO_TIMESTAMPNS`).
+    pub fn enable_timestamps(&self) -> Result<(), String> {
+        let on: libc::c_int = 1;
+        // SAFETY: valid socket, option value of the size passed.
+        let ret = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if ret < 0 {
+            return Err(last_os_error("SO_TIMESTAMPNS"));
+        }
+        Ok(())
+    }
+
+    /// Receives one frame within `timeout`, with the kernel's receive timestamp (ns since the
+    /// Unix epoch; 0 if timestamps are off).
+    pub fn recv_timestamped(&self, timeout: Duration, buf: &mut [u8]) -> Option<(usize, u64)> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+            return None;
+        }
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut control = [0u64; 16];
+        // SAFETY: msghdr is plain data; all-zero is valid before we fill the fields.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: msg points at valid buffers that outlive the call.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+        let n = usize::try_from(n).ok()?;
+        let mut stamp = 0u64;
+        // SAFETY: walking the control messages the kernel wrote into `control`, with the libc
+        // macros that bound every step by msg_controllen.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_TIMESTAMPNS {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                    stamp = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        Some((n, stamp))
+    }
+
     /// The interface index bound to.
     pub fn ifindex(&self) -> i32 {
         self.ifindex

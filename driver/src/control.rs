@@ -1,0 +1,276 @@
+//! The driver's control socket: the flow manager (root only) installs and removes flows,
+//! changes QoS and reads statistics and the drop log (`nemflow_proto::ctl`).
+//!
+//! It is served from the data-path thread between bursts, non-blocking, so the data path needs
+//! no lock. A client that sends garbage gets an error reply and is disconnected; one that stops
+//! reading is disconnected after a short write timeout; a peer that is not root is refused at
+//! accept time (SO_PEERCRED).
+
+use std::io::ErrorKind;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nemflow_proto::ctl::{DriverReply, DriverRequest, ErrorKind as Kind, INSTALL_FLOW_FDS};
+use nemflow_proto::wire::{self, Decoder, Frame, WireError};
+
+use crate::datapath::{Datapath, FlowError};
+use crate::port::Port;
+
+/// How long a reply may wait for the client to make room.
+const WRITE_TIMEOUT: Duration = Duration::from_millis(200);
+/// Most requests served per client per poll, so that one busy client cannot hog the loop.
+const REQUESTS_PER_POLL: usize = 64;
+/// Most clients at once (the flow manager needs one; tools may add a few).
+const MAX_CLIENTS: usize = 16;
+/// Most drop-log entries per reply (keeps replies under the framing limit).
+const MAX_DROP_ENTRIES: u32 = 2048;
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Another process is serving this socket.
+    #[error("control socket {0} is in use by a running driver: stop it first, or set driver.control_socket")]
+    InUse(PathBuf),
+    /// A filesystem or socket call failed.
+    #[error("control socket {path}: {op}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        op: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+struct Client {
+    stream: UnixStream,
+    decoder: Decoder,
+    pid: i32,
+}
+
+/// The listening control socket and its clients.
+#[derive(Debug)]
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    clients: Vec<Client>,
+    refused: u64,
+}
+
+impl ControlServer {
+    /// Binds `path` (mode 0600, parent directory created 0755). A stale socket file left by a
+    /// dead driver is replaced; a live one is an error.
+    pub fn bind(path: &Path) -> Result<Self, ControlError> {
+        let io = |op, source| ControlError::Io {
+            path: path.to_owned(),
+            op,
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(|e| io("create directory", e))?;
+        }
+        if path.exists() {
+            match UnixStream::connect(path) {
+                Ok(_) => return Err(ControlError::InUse(path.to_owned())),
+                Err(_) => std::fs::remove_file(path).map_err(|e| io("remove stale socket", e))?,
+            }
+        }
+        let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io("chmod 0600", e))?;
+        listener.set_nonblocking(true).map_err(|e| io("set non-blocking", e))?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+            clients: Vec::new(),
+            refused: 0,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Connections refused (not root, or too many clients).
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Clients connected now.
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Accepts new clients and serves what they sent; returns the requests served.
+    pub fn poll<P: Port>(&mut self, dp: &mut Datapath<P>, now_ns: u64) -> usize {
+        self.accept();
+        let mut served = 0;
+        self.clients.retain_mut(|client| match serve(client, dp, now_ns) {
+            Ok(n) => {
+                served += n;
+                true
+            }
+            Err(WireError::Closed) => {
+                tracing::debug!(pid = client.pid, "control client left");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(pid = client.pid, "control client dropped: {e}");
+                false
+            }
+        });
+        served
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("accept on control socket: {e}");
+                    return;
+                }
+            };
+            let creds = rustix::net::sockopt::socket_peercred(&stream);
+            let Ok(creds) = creds else {
+                self.refused += 1;
+                continue;
+            };
+            if creds.uid.as_raw() != 0 {
+                self.refused += 1;
+                tracing::warn!(uid = creds.uid.as_raw(), pid = creds.pid.as_raw_nonzero().get(), "control socket: refused a non-root peer");
+                continue;
+            }
+            if self.clients.len() >= MAX_CLIENTS {
+                self.refused += 1;
+                tracing::warn!("control socket: too many clients, refused one");
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            self.clients.push(Client {
+                stream,
+                decoder: Decoder::new(INSTALL_FLOW_FDS),
+                pid: creds.pid.as_raw_nonzero().get(),
+            });
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Reads what the client sent and answers each complete request.
+fn serve<P: Port>(client: &mut Client, dp: &mut Datapath<P>, now_ns: u64) -> Result<usize, WireError> {
+    let mut served = 0;
+    loop {
+        while served < REQUESTS_PER_POLL {
+            let frame = match client.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    // The stream is out of step: say why, then hang up.
+                    let _ = reply(client, &error(Kind::Invalid, e.to_string()));
+                    return Err(e);
+                }
+            };
+            let answer = handle(frame, dp, now_ns);
+            reply(client, &answer)?;
+            served += 1;
+        }
+        if served >= REQUESTS_PER_POLL {
+            return Ok(served);
+        }
+        match client.decoder.read_from(client.stream.as_fd()) {
+            Ok(true) => {}
+            Ok(false) => return Ok(served),
+            Err(e @ WireError::Fds(_)) => {
+                let _ = reply(client, &error(Kind::Invalid, e.to_string()));
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn reply(client: &Client, answer: &DriverReply) -> Result<(), WireError> {
+    wire::send_timeout(&client.stream, answer, &[], Some(WRITE_TIMEOUT))
+}
+
+fn error(kind: Kind, message: String) -> DriverReply {
+    DriverReply::Error { kind, message }
+}
+
+fn flow_error(e: FlowError) -> DriverReply {
+    let kind = match &e {
+        FlowError::Exists(_) => Kind::Exists,
+        FlowError::NotFound(_) => Kind::NotFound,
+        FlowError::Filter(crate::flowtable::FilterError::Exists) => Kind::Exists,
+        FlowError::Filter(_) => Kind::Invalid,
+        FlowError::Channel(_) | FlowError::FdCount { .. } => Kind::BadChannel,
+        FlowError::Sched(nemflow_sched::SchedError::Admission { .. }) => Kind::Admission,
+        FlowError::Sched(_) => Kind::Invalid,
+    };
+    error(kind, e.to_string())
+}
+
+/// Answers one request.
+fn handle<P: Port>(frame: Frame, dp: &mut Datapath<P>, now_ns: u64) -> DriverReply {
+    let request: DriverRequest = match frame.decode() {
+        Ok(r) => r,
+        Err(e) => return error(Kind::Invalid, e.to_string()),
+    };
+    let fds = frame.fds;
+    if !matches!(request, DriverRequest::InstallFlow { .. }) && !fds.is_empty() {
+        return error(Kind::Invalid, format!("{} unexpected fds (closed)", fds.len()));
+    }
+    match request {
+        DriverRequest::Hello { client } => {
+            tracing::info!(%client, "control client says hello");
+            DriverReply::Hello(dp.port_info())
+        }
+        DriverRequest::InstallFlow {
+            id,
+            filter,
+            template,
+            qos,
+            tx,
+            rx,
+        } => match dp.install(id, filter, template, qos, &tx, &rx, fds, now_ns) {
+            Ok(()) => DriverReply::Ok,
+            Err(e) => flow_error(e),
+        },
+        DriverRequest::SetQos { id, qos } => match dp.set_qos(id, qos, now_ns) {
+            Ok(()) => DriverReply::Ok,
+            Err(e) => flow_error(e),
+        },
+        DriverRequest::RemoveFlow { id } => match dp.remove(id) {
+            Ok(_) => DriverReply::Ok,
+            Err(e) => flow_error(e),
+        },
+        DriverRequest::FlowStats { id } => match dp.flow_stats(id) {
+            Ok(s) => DriverReply::FlowStats(s),
+            Err(e) => flow_error(e),
+        },
+        DriverRequest::PortInfo => DriverReply::PortInfo(dp.port_info()),
+        DriverRequest::DropLog { after, max } => {
+            DriverReply::DropLog(dp.drop_log(after, max.min(MAX_DROP_ENTRIES) as usize))
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The driver process: bring the port up, serve the control socket, run the poll loop until
+//! SIGINT/SIGTERM, and leave nothing behind.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nemflow_config::{Config, IdleMode};
+
+use crate::control::ControlServer;
+use crate::datapath::{Datapath, DatapathConfig};
+use crate::dpdk::{Eal, EthPort, Mempool, PortConf};
+use crate::tap_peer::TapPeer;
+
+/// Loop rounds between control-socket polls while busy.
+const CONTROL_EVERY: u32 = 64;
+/// Idle rounds spun before the adaptive mode starts sleeping.
+const SPIN_ROUNDS: u32 = 200;
+
+/// Anything that stops the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// DPDK failed.
+    #[error(transparent)]
+    Dpdk(#[from] crate::dpdk::DpdkError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    /// The tap peer namespace could not be set up.
+    #[error(transparent)]
+    TapPeer(#[from] crate::tap_peer::TapPeerError),
+    /// The scheduler refused the configuration.
+    #[error("scheduler: {0}")]
+    Sched(#[from] nemflow_sched::SchedError),
+    /// Something else, explained.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs the driver with `config` until a termination signal.
+pub fn serve(config: &Config) -> Result<(), RunError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| RunError::Other(format!("cannot handle signal {sig}: {e}")))?;
+    }
+    // Short sleeps in the adaptive idle mode must be short: no 50 µs timer slack.
+    // SAFETY: prctl with PR_SET_TIMERSLACK and an integer argument has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+
+    // Declared first, dropped last: the namespace goes after the tap interface it holds.
+    let mut tap_peer: Option<TapPeer> = None;
+    let eal = Eal::init(&config.eal_args("nemflow-driver"))?;
+    let pool = Mempool::new(&eal, "nemflow_pool", config.port.mbufs, 2048)?;
+    let conf = PortConf {
+        rx_desc: config.port.rx_desc,
+        tx_desc: config.port.tx_desc,
+        mtu: config.port.max_frame_bytes.saturating_sub(14),
+        mac: config.host.mac.map(|m| m.0),
+    };
+    let port = EthPort::open(&eal, config.port_name(), &conf, &pool)?;
+    if let Some(vdev) = config.port.vdev.as_ref().filter(|v| v.driver() == "net_tap") {
+        if let Some(iface) = vdev.arg("iface") {
+            if !std::path::Path::new("/sys/class/net").join(iface).exists() {
+                return Err(RunError::Other(format!(
+                    "net_tap did not create interface {iface}: check the device arguments in port.vdev"
+                )));
+            }
+            if let Some(peer) = &config.port.tap_peer {
+                tap_peer = Some(TapPeer::setup(&peer.netns, iface, peer.ip)?);
+            }
+        }
+    }
+    let mac = port.mac();
+    let mut dp = Datapath::new(
+        port,
+        DatapathConfig {
+            rate_bps: config.link.rate_bps,
+            reserve_ppm: (config.flowmgr.reserve * 1e6) as u32,
+            max_frame_bytes: usize::from(config.port.max_frame_bytes),
+            burst: usize::from(config.driver.burst),
+            drop_log_entries: config.driver.drop_log_entries as usize,
+            subnet_broadcast: config.host.ip.broadcast(),
+            port_name: config.port_name().to_owned(),
+        },
+    )?;
+    let max_sleep = Duration::from_micros(u64::from(config.driver.max_sleep_us));
+    if config.driver.idle == IdleMode::Adaptive {
+        dp.set_lookahead_ns(max_sleep.as_nanos() as u64);
+    }
+    let mut control = ControlServer::bind(&config.driver.control_socket)?;
+    tracing::info!(
+        port = config.port_name(),
+        mac = %nemflow_config::MacAddr(mac),
+        rate_bps = config.link.rate_bps,
+        socket = %control.path().display(),
+        peer = tap_peer.as_ref().map(|p| p.netns().to_owned()),
+        "driver ready"
+    );
+
+    let start = Instant::now();
+    let mut round: u32 = 0;
+    let mut idle_rounds: u32 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let now_ns = start.elapsed().as_nanos() as u64;
+        let work = dp.poll(now_ns);
+        round = round.wrapping_add(1);
+        let busy = work.received > 0 || work.sent > 0;
+        let mut served = 0;
+        if !busy || round % CONTROL_EVERY == 0 {
+            served = control.poll(&mut dp, now_ns);
+        }
+        if busy || served > 0 {
+            idle_rounds = 0;
+            continue;
+        }
+        idle_rounds = idle_rounds.saturating_add(1);
+        if config.driver.idle == IdleMode::Adaptive && idle_rounds > SPIN_ROUNDS {
+            let mut nap = max_sleep;
+            if let Some(t) = work.wait_until_ns {
+                nap = nap.min(Duration::from_nanos(t.saturating_sub(now_ns)));
+            }
+            if nap >= Duration::from_micros(2) {
+                std::thread::sleep(nap);
+            }
+        }
+    }
+    let info = dp.port_info();
+    tracing::info!(
+        rx_packets = info.rx_packets,
+        tx_packets = info.tx_packets,
+        flows = info.flows,
+        "driver stopping"
+    );
+    drop(control);
+    drop(dp);
+    drop(eal);
+    drop(tap_peer);
+    Ok(())
+}
