@@ -87,7 +87,9 @@ impl ControlServer {
         let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| io("chmod 0600", e))?;
-        listener.set_nonblocking(true).map_err(|e| io("set non-blocking", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io("set non-blocking", e))?;
         Ok(Self {
             listener,
             path: path.to_owned(),
@@ -115,20 +117,21 @@ impl ControlServer {
     pub fn poll<P: Port>(&mut self, dp: &mut Datapath<P>, now_ns: u64) -> usize {
         self.accept();
         let mut served = 0;
-        self.clients.retain_mut(|client| match serve(client, dp, now_ns) {
-            Ok(n) => {
-                served += n;
-                true
-            }
-            Err(WireError::Closed) => {
-                tracing::debug!(pid = client.pid, "control client left");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(pid = client.pid, "control client dropped: {e}");
-                false
-            }
-        });
+        self.clients
+            .retain_mut(|client| match serve(client, dp, now_ns) {
+                Ok(n) => {
+                    served += n;
+                    true
+                }
+                Err(WireError::Closed) => {
+                    tracing::debug!(pid = client.pid, "control client left");
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(pid = client.pid, "control client dropped: {e}");
+                    false
+                }
+            });
         served
     }
 
@@ -150,7 +153,11 @@ impl ControlServer {
             };
             if creds.uid.as_raw() != 0 {
                 self.refused += 1;
-                tracing::warn!(uid = creds.uid.as_raw(), pid = creds.pid.as_raw_nonzero().get(), "control socket: refused a non-root peer");
+                tracing::warn!(
+                    uid = creds.uid.as_raw(),
+                    pid = creds.pid.as_raw_nonzero().get(),
+                    "control socket: refused a non-root peer"
+                );
                 continue;
             }
             if self.clients.len() >= MAX_CLIENTS {
@@ -177,7 +184,11 @@ impl Drop for ControlServer {
 }
 
 /// Reads what the client sent and answers each complete request.
-fn serve<P: Port>(client: &mut Client, dp: &mut Datapath<P>, now_ns: u64) -> Result<usize, WireError> {
+fn serve<P: Port>(
+    client: &mut Client,
+    dp: &mut Datapath<P>,
+    now_ns: u64,
+) -> Result<usize, WireError> {
     let mut served = 0;
     loop {
         while served < REQUESTS_PER_POLL {
@@ -238,7 +249,10 @@ fn handle<P: Port>(frame: Frame, dp: &mut Datapath<P>, now_ns: u64) -> DriverRep
     };
     let fds = frame.fds;
     if !matches!(request, DriverRequest::InstallFlow { .. }) && !fds.is_empty() {
-        return error(Kind::Invalid, format!("{} unexpected fds (closed)", fds.len()));
+        return error(
+            Kind::Invalid,
+            format!("{} unexpected fds (closed)", fds.len()),
+        );
     }
     match request {
         DriverRequest::Hello { client } => {

@@ -59,7 +59,12 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
         mac: config.host.mac.map(|m| m.0),
     };
     let port = EthPort::open(&eal, config.port_name(), &conf, &pool)?;
-    if let Some(vdev) = config.port.vdev.as_ref().filter(|v| v.driver() == "net_tap") {
+    if let Some(vdev) = config
+        .port
+        .vdev
+        .as_ref()
+        .filter(|v| v.driver() == "net_tap")
+    {
         if let Some(iface) = vdev.arg("iface") {
             if !std::path::Path::new("/sys/class/net").join(iface).exists() {
                 return Err(RunError::Other(format!(

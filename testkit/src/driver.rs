@@ -57,7 +57,11 @@ pub struct DriverProcess {
 /// (`target/<profile>/deps/test-…` → `target/<profile>/<name>`).
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     dir.join(name)
 }
 
@@ -102,13 +106,19 @@ impl DriverProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = driver.child.try_wait() {
-                return Err(format!("driver exited with {status}: {}", driver.log_text()));
+                return Err(format!(
+                    "driver exited with {status}: {}",
+                    driver.log_text()
+                ));
             }
             if UnixStream::connect(&driver.socket).is_ok() {
                 return Ok(driver);
             }
             if Instant::now() > deadline {
-                return Err(format!("driver not ready after 20 s: {}", driver.log_text()));
+                return Err(format!(
+                    "driver not ready after 20 s: {}",
+                    driver.log_text()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -178,7 +188,11 @@ impl DriverClient {
     }
 
     /// Sends a request (with fds) and waits up to 5 s for the reply.
-    pub fn call(&self, request: &DriverRequest, fds: &[BorrowedFd<'_>]) -> Result<DriverReply, String> {
+    pub fn call(
+        &self,
+        request: &DriverRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<DriverReply, String> {
         wire::call(&self.stream, request, fds, 0, Some(Duration::from_secs(5)))
             .map(|(reply, _)| reply)
             .map_err(|e| e.to_string())
