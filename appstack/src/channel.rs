@@ -1,0 +1,253 @@
+//! A flow's two channel endpoints and its FIB: the bottom layer of every stack.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
+
+use nemflow_proto::Fib;
+use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, Extent, IoRec};
+use smallvec::smallvec;
+
+use crate::counters::{ChannelCounters, StackCounters};
+use crate::error::{Error, Result};
+use crate::layer::{Layer, Now, RxBuf, RxPacket, TxDst, TxPacket, Up};
+
+/// Ethernet header bytes (no VLAN tag).
+pub(crate) const ETH_HEADER: usize = 14;
+
+/// What the flow manager hands an application for one flow, attached: the transmit channel's
+/// producer (TMM, the app chooses buffers), the receive channel's consumer (RMM, the app posts
+/// empty buffers, which happens here), and the FIB.
+#[derive(Debug)]
+pub struct FlowChannels {
+    fib: Fib,
+    tx: tmm::Producer,
+    rx: rmm::Consumer,
+    /// Largest frame one TX buffer carries.
+    max_frame: usize,
+    /// Iorecs of a datagram that did not fit on the full FIFO yet, in order.
+    pending: VecDeque<IoRec>,
+    counters: ChannelCounters,
+}
+
+impl FlowChannels {
+    /// Attaches both channels: `tx` read-write (the app is the TMM producer), `rx` read-only data
+    /// (the app is the RMM consumer), and posts every RX buffer for the driver to fill.
+    pub fn attach(
+        fib: Fib,
+        tx_spec: &ChannelSpec,
+        tx_fds: ChannelFds,
+        rx_spec: &ChannelSpec,
+        rx_fds: ChannelFds,
+    ) -> Result<Self> {
+        let tx = tmm::Producer::attach(tx_spec, tx_fds)?;
+        let mut rx = rmm::Consumer::attach(rx_spec, rx_fds)?;
+        rx.post_free()?;
+        let max_frame = (tx_spec.max_packet_bytes as usize).min(tx.buffer_bytes());
+        if max_frame <= ETH_HEADER {
+            return Err(Error::InvalidSetup(format!(
+                "TX channel carries frames of at most {max_frame} bytes"
+            )));
+        }
+        Ok(FlowChannels {
+            fib,
+            tx,
+            rx,
+            max_frame,
+            pending: VecDeque::new(),
+            counters: ChannelCounters::default(),
+        })
+    }
+
+    /// The flow information block.
+    pub fn fib(&self) -> &Fib {
+        &self.fib
+    }
+
+    /// Largest frame (Ethernet header included) one TX buffer carries.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Frames waiting for room on the TX FIFO.
+    pub fn pending_frames(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Pushes waiting frames; `Ok(true)` when none is left.
+    pub fn flush(&mut self) -> Result<bool> {
+        while !self.pending.is_empty() {
+            let (a, b) = self.pending.as_slices();
+            let batch = if a.is_empty() { b } else { a };
+            let n = self.tx.push_batch(batch)?;
+            if n == 0 {
+                self.counters.tx_fifo_full += 1;
+                return Ok(false);
+            }
+            for rec in self.pending.drain(..n) {
+                self.counters.tx_frames += 1;
+                self.counters.tx_bytes += rec.total_len();
+            }
+        }
+        Ok(true)
+    }
+
+    /// Blocks until a frame may be waiting on the RX channel, or `timeout` (`Err(TimedOut)`).
+    pub fn wait_rx(&mut self, timeout: Duration) -> Result<()> {
+        match self.rx.wait_ready(timeout) {
+            Err(nemflow_rbuf::Error::Timeout) => Err(Error::TimedOut),
+            r => Ok(r?),
+        }
+    }
+
+    /// Blocks until the driver made TX progress (room on the FIFO, a buffer back), or `timeout`.
+    pub fn wait_tx(&mut self, timeout: Duration) -> Result<()> {
+        match self.tx.wait_ready(timeout) {
+            Err(nemflow_rbuf::Error::Timeout) => Err(Error::TimedOut),
+            r => Ok(r?),
+        }
+    }
+
+    /// For event loops (receive): arms the RX eventfd and says whether a frame is already there
+    /// (`true`: do not sleep). On `false`, wait for [`AsFd::as_fd`] to be readable, then call
+    /// [`finish_wait`](Self::finish_wait).
+    pub fn prepare_wait(&mut self) -> Result<bool> {
+        Ok(self.rx.prepare_wait()?)
+    }
+
+    /// Disarms the RX wake-up and drains the eventfd after a sleep.
+    pub fn finish_wait(&mut self) {
+        self.rx.finish_wait();
+    }
+
+    /// For event loops (transmit): as [`prepare_wait`](Self::prepare_wait), for TX progress on
+    /// [`tx_fd`](Self::tx_fd).
+    pub fn prepare_tx_wait(&mut self) -> Result<bool> {
+        Ok(self.tx.prepare_wait()?)
+    }
+
+    /// Disarms the TX wake-up after a sleep.
+    pub fn finish_tx_wait(&mut self) {
+        self.tx.finish_wait();
+    }
+
+    /// Readable when the driver made TX progress (after [`prepare_tx_wait`](Self::prepare_tx_wait)).
+    pub fn tx_fd(&self) -> BorrowedFd<'_> {
+        self.tx.as_fd()
+    }
+
+    /// The TX endpoint's own counters (rbuf's view).
+    pub fn tx_channel_counters(&self) -> nemflow_rbuf::Counters {
+        self.tx.counters()
+    }
+
+    /// The RX endpoint's own counters (rbuf's view).
+    pub fn rx_channel_counters(&self) -> nemflow_rbuf::Counters {
+        self.rx.counters()
+    }
+}
+
+impl AsFd for FlowChannels {
+    /// Readable when the driver pushed a frame (after [`FlowChannels::prepare_wait`]).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.rx.as_fd()
+    }
+}
+
+impl Layer for FlowChannels {
+    fn max_data_len(&self, _dst: &TxDst) -> usize {
+        self.max_frame
+    }
+
+    fn frames_needed(&self, _len: usize, _dst: &TxDst) -> usize {
+        1
+    }
+
+    fn tx_free(&mut self) -> Result<usize> {
+        self.tx.reclaim()?;
+        Ok(self.tx.buffers().1)
+    }
+
+    fn tx_buffers(&self) -> usize {
+        self.tx.buffers().0
+    }
+
+    fn alloc(&mut self, len: usize, dst: TxDst) -> Result<Option<TxPacket>> {
+        if len > self.max_frame {
+            return Err(Error::TooLong {
+                len,
+                max: self.max_frame,
+            });
+        }
+        Ok(self.tx.alloc(len)?.map(|e| TxPacket {
+            frames: smallvec![e],
+            first: 0,
+            rest: 0,
+            dst,
+        }))
+    }
+
+    fn free(&mut self, pkt: TxPacket) {
+        for e in pkt.frames {
+            // Cannot fail for a buffer this producer allocated and did not push.
+            let _ = self.tx.free(e);
+        }
+    }
+
+    fn tx_bytes_mut(&mut self, extent: Extent) -> Result<&mut [u8]> {
+        Ok(self.tx.buf_mut(extent)?)
+    }
+
+    fn push(&mut self, pkt: TxPacket) -> Result<()> {
+        // Frames of an earlier datagram still waiting go first; whatever does not fit now goes
+        // when the driver makes room (`flush`).
+        self.pending
+            .extend(pkt.frames.iter().map(|e| IoRec::single(*e, 0)));
+        self.flush()?;
+        Ok(())
+    }
+
+    fn pop(&mut self, _now: &mut Now<'_>) -> Result<Option<Up>> {
+        loop {
+            match self.rx.pop() {
+                Ok(Some(p)) => {
+                    let len = p.len();
+                    self.counters.rx_frames += 1;
+                    self.counters.rx_bytes += len as u64;
+                    return Ok(Some(Up::Packet(RxPacket {
+                        buf: RxBuf::Frame(p),
+                        start: 0,
+                        end: len,
+                        meta: Default::default(),
+                    })));
+                }
+                Ok(None) => return Ok(None),
+                // Discarded and counted by rbuf; the FIFO is bounded, so this loop is too.
+                Err(nemflow_rbuf::Error::InvalidIoRec(_)) => self.counters.rx_invalid_iorecs += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn rx_bytes<'a>(&'a self, pkt: &'a RxPacket) -> &'a [u8] {
+        match &pkt.buf {
+            RxBuf::Frame(p) => self.rx.payload(p),
+            RxBuf::Owned(v) => v,
+        }
+    }
+
+    fn release(&mut self, pkt: RxPacket) {
+        if let RxBuf::Frame(p) = pkt.buf {
+            // Fails only on a broken channel, which the next pop reports.
+            let _ = self.rx.repost(p);
+        }
+    }
+
+    fn rx_ready(&mut self) -> Result<bool> {
+        Ok(self.rx.ready()?)
+    }
+
+    fn counters(&self, out: &mut StackCounters) {
+        out.channel = self.counters;
+    }
+}
