@@ -9,6 +9,7 @@
 //! A hostile peer can clear our flag (we then sleep until our timeout) or write our eventfd (we
 //! wake, re-check and sleep again); every blocking call takes a timeout, so neither blocks forever.
 
+use std::cell::Cell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, Ordering};
@@ -31,11 +32,11 @@ pub(crate) struct Waker {
     /// Written to wake the peer.
     peer_event: OwnedFd,
     /// Times we went to sleep.
-    pub sleeps: u64,
+    sleeps: Cell<u64>,
     /// Times we wrote the peer's eventfd.
-    pub wakeups_sent: u64,
+    wakeups_sent: Cell<u64>,
     /// Blocking calls that timed out.
-    pub timeouts: u64,
+    timeouts: Cell<u64>,
 }
 
 // SAFETY: the flags point into the control mapping owned by the same endpoint; fds are plain.
@@ -53,9 +54,9 @@ impl Waker {
             peer_flag,
             my_event,
             peer_event,
-            sleeps: 0,
-            wakeups_sent: 0,
-            timeouts: 0,
+            sleeps: Cell::new(0),
+            wakeups_sent: Cell::new(0),
+            timeouts: Cell::new(0),
         }
     }
 
@@ -71,14 +72,14 @@ impl Waker {
 
     /// Called after every index store: wakes the peer if it sleeps.
     #[inline]
-    pub(crate) fn notify_peer(&mut self) {
+    pub(crate) fn notify_peer(&self) {
         // SeqCst fence: orders our index store (above) before the flag load; pairs with the fence
         // in `arm` between the waiter's flag store and its condition check.
         fence(Ordering::SeqCst);
         if self.peer_flag().load(Ordering::Relaxed) != 0
             && self.peer_flag().swap(0, Ordering::Relaxed) != 0
         {
-            self.wakeups_sent += 1;
+            self.wakeups_sent.set(self.wakeups_sent.get() + 1);
             // EAGAIN (counter saturated by a hostile peer) still leaves the fd readable: ignore.
             let _ = rustix::io::write(&self.peer_event, &1u64.to_ne_bytes());
         }
@@ -101,8 +102,8 @@ impl Waker {
     }
 
     /// Sleeps on our eventfd for at most `timeout`.
-    pub(crate) fn sleep(&mut self, timeout: Duration) -> Result<()> {
-        self.sleeps += 1;
+    pub(crate) fn sleep(&self, timeout: Duration) -> Result<()> {
+        self.sleeps.set(self.sleeps.get() + 1);
         let ts = rustix::event::Timespec {
             tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
             tv_nsec: i64::from(timeout.subsec_nanos()),
@@ -115,7 +116,7 @@ impl Waker {
     }
 
     /// Blocks until `ready()` is true or `timeout` passes.
-    pub(crate) fn wait<F>(&mut self, timeout: Duration, mut ready: F) -> Result<()>
+    pub(crate) fn wait<F>(&self, timeout: Duration, mut ready: F) -> Result<()>
     where
         F: FnMut() -> Result<bool>,
     {
@@ -136,7 +137,7 @@ impl Waker {
             };
             if left.is_zero() {
                 self.disarm();
-                self.timeouts += 1;
+                self.timeouts.set(self.timeouts.get() + 1);
                 return Err(Error::Timeout);
             }
             let r = self.sleep(left);
@@ -154,9 +155,9 @@ impl Waker {
 impl Waker {
     /// Adds this waker's numbers to `c`.
     pub(crate) fn fill(&self, mut c: Counters) -> Counters {
-        c.sleeps = self.sleeps;
-        c.wakeups_sent = self.wakeups_sent;
-        c.timeouts = self.timeouts;
+        c.sleeps = self.sleeps.get();
+        c.wakeups_sent = self.wakeups_sent.get();
+        c.timeouts = self.timeouts.get();
         c
     }
 }

@@ -272,6 +272,9 @@ impl ConsCursor {
     }
 }
 
+// SAFETY: a view only holds pointers to atomics in a mapping owned by the endpoint that holds the
+// view (moved together with it); nothing is thread-local.
+unsafe impl Send for FifoView {}
 // SAFETY: the cursors only hold pointers to atomics in a mapping owned by the endpoint that owns
 // them (moved together with it); nothing is thread-local.
 unsafe impl Send for ProdCursor {}

@@ -4,7 +4,7 @@
 //! write anything): it exists so tests can *be* the hostile peer.
 
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ pub struct RawControl {
     slots: u32,
 }
 
+// SAFETY: every access through a `RawControl` is an atomic operation on the mapping, so sharing
+// it between threads cannot race in the Rust sense (the mapping itself is plain memory).
+unsafe impl Sync for RawControl {}
+
 impl RawControl {
     /// Maps `fd` (any size ≥ the header) read-write, without checks.
     pub fn map(fd: impl AsFd, spec: &ChannelSpec) -> Result<Self> {
@@ -64,9 +68,10 @@ impl RawControl {
         let offset = offset.min(self.map.len());
         let n = bytes.len().min(self.map.len() - offset);
         for (i, b) in bytes[..n].iter().enumerate() {
-            // SAFETY: `offset + i < len`, inside the mapping; a volatile byte store makes no
-            // reference, and the bytes of the control area accept any value.
-            unsafe { self.map.ptr().as_ptr().add(offset + i).write_volatile(*b) };
+            // SAFETY: `offset + i < len`, inside the mapping; every byte of the control area is
+            // part of an atomic and accepts any value, and a byte-sized atomic has alignment 1.
+            let a = unsafe { &*self.map.ptr().as_ptr().add(offset + i).cast::<AtomicU8>() };
+            a.store(*b, Ordering::Relaxed);
         }
     }
 
@@ -93,6 +98,12 @@ impl RawControl {
             IndexWord::EmptyTail => &h.empty_tail,
         };
         a.load(Ordering::Acquire)
+    }
+
+    /// Clears both sides' "sleeping" flags (a peer trying to make the other side miss wake-ups).
+    pub fn clear_sleep_flags(&self) {
+        self.hdr().prod_sleeping.store(0, Ordering::Relaxed);
+        self.hdr().cons_sleeping.store(0, Ordering::Relaxed);
     }
 
     /// Writes slot words at free-running index `index` of a FIFO.
@@ -319,4 +330,64 @@ fn run_script(ch: &FuzzChannels, data: &[u8]) -> Result<()> {
         app_rx.counters(),
     );
     Ok::<(), Error>(())
+}
+
+/// Fills `buf` with the test payload for sequence number `seq`: `seq` (8 bytes LE), a checksum
+/// (8 bytes LE) and `len - 16` body bytes derived from `seq`. Returns the payload length
+/// (16..=16 + 47, varying with `seq`, capped by `buf.len()`).
+pub fn fill_payload(seq: u64, buf: &mut [u8]) -> usize {
+    let len = (16 + (seq % 48) as usize).min(buf.len());
+    if len < 16 {
+        return 0;
+    }
+    for (i, b) in buf[16..len].iter_mut().enumerate() {
+        *b = (seq as u8).wrapping_mul(31).wrapping_add(i as u8);
+    }
+    buf[..8].copy_from_slice(&seq.to_le_bytes());
+    let sum = checksum(seq, &buf[16..len]);
+    buf[8..16].copy_from_slice(&sum.to_le_bytes());
+    len
+}
+
+/// Checks a test payload: returns its sequence number, or what is wrong.
+pub fn check_payload(p: &[u8]) -> std::result::Result<u64, &'static str> {
+    if p.len() < 16 {
+        return Err("payload shorter than 16 bytes");
+    }
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&p[..8]);
+    let seq = u64::from_le_bytes(w);
+    w.copy_from_slice(&p[8..16]);
+    if u64::from_le_bytes(w) != checksum(seq, &p[16..]) {
+        return Err("checksum mismatch");
+    }
+    if p.len() != 16 + (seq % 48) as usize {
+        return Err("length does not match sequence number");
+    }
+    Ok(seq)
+}
+
+fn checksum(seq: u64, body: &[u8]) -> u64 {
+    // FNV-1a over the sequence number and the body.
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in seq.to_le_bytes().iter().chain(body) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A small xorshift generator for hostile peers and tests (no dependency, reproducible).
+#[derive(Debug, Clone)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
 }

@@ -99,10 +99,18 @@ impl Producer {
     pub fn push_batch(&mut self, recs: &[IoRec]) -> Result<usize> {
         self.core.check()?;
         let want = u32::try_from(recs.len()).unwrap_or(u32::MAX);
-        let room = self
+        let mut room = self
             .full
             .room(want)
             .map_err(|e| self.core.index_violation(e))?;
+        if room < want {
+            // The consumer only pops while it has room to hand buffers back: reclaim first.
+            self.reclaim()?;
+            room = self
+                .full
+                .refresh()
+                .map_err(|e| self.core.index_violation(e))?;
+        }
         let n = want.min(room);
         if n < want {
             self.core.counters.full += 1;
@@ -129,38 +137,22 @@ impl Producer {
     }
 
     /// Takes back every buffer the consumer returned on the empty FIFO; returns how many iorecs.
-    /// Iorecs naming buffers that are not in flight are counted and discarded.
+    /// Iorecs naming buffers that are not in flight are counted and discarded. (`alloc`,
+    /// `push_batch` on a full FIFO and the waits call it too: the consumer only pops while it has
+    /// room to hand buffers back.)
     pub fn reclaim(&mut self) -> Result<usize> {
-        self.core.check()?;
-        let avail = self
-            .empty
-            .refresh()
-            .map_err(|e| self.core.index_violation(e))?;
-        let mut ok = 0;
-        for i in 0..avail {
-            let rec = self.empty.read(i);
-            match self.pool.take_back(&rec) {
-                Ok(()) => {
-                    // Cannot fail: take_back just made every buffer of `rec` HELD.
-                    let _ = self.pool.free_rec(&rec);
-                    ok += 1;
-                }
-                Err(e) => {
-                    self.core.invalid(e);
-                }
-            }
-        }
-        if avail > 0 {
-            self.empty.consume(avail);
-            self.core.counters.iorecs_in += ok as u64;
-            self.waker.notify_peer();
-        }
-        Ok(ok)
+        reclaim(&mut self.core, &self.waker, &mut self.empty, &mut self.pool)
     }
 
     /// Whether a push could go ahead now: room on the full FIFO and a free or reclaimable buffer.
     pub fn ready(&mut self) -> Result<bool> {
-        ready(&mut self.core, &mut self.full, &mut self.empty, &self.pool)
+        ready(
+            &mut self.core,
+            &self.waker,
+            &mut self.full,
+            &mut self.empty,
+            &mut self.pool,
+        )
     }
 
     /// Blocks until [`ready`](Self::ready) or `timeout` (`Err(Timeout)`).
@@ -172,7 +164,8 @@ impl Producer {
             empty,
             pool,
         } = self;
-        waker.wait(timeout, || ready(core, full, empty, pool))
+        let waker = &*waker;
+        waker.wait(timeout, || ready(core, waker, full, empty, pool))
     }
 
     /// For event loops: arms the wake-up and says whether work is already there (`true`: do not
@@ -213,17 +206,46 @@ impl Producer {
     }
 }
 
+fn reclaim(
+    core: &mut Core,
+    waker: &Waker,
+    empty: &mut ConsCursor,
+    pool: &mut Pool,
+) -> Result<usize> {
+    core.check()?;
+    let avail = empty.refresh().map_err(|e| core.index_violation(e))?;
+    let mut ok = 0;
+    for i in 0..avail {
+        let rec = empty.read(i);
+        match pool.take_back(&rec) {
+            Ok(()) => {
+                // Cannot fail: take_back just made every buffer of `rec` HELD.
+                let _ = pool.free_rec(&rec);
+                ok += 1;
+            }
+            Err(e) => {
+                core.invalid(e);
+            }
+        }
+    }
+    if avail > 0 {
+        empty.consume(avail);
+        core.counters.iorecs_in += ok as u64;
+        waker.notify_peer();
+    }
+    Ok(ok)
+}
+
+/// Reclaims, then: room on the full FIFO and a free buffer?
 fn ready(
     core: &mut Core,
+    waker: &Waker,
     full: &mut ProdCursor,
     empty: &mut ConsCursor,
-    pool: &Pool,
+    pool: &mut Pool,
 ) -> Result<bool> {
-    core.check()?;
-    if full.room(1).map_err(|e| core.index_violation(e))? == 0 {
-        return Ok(false);
-    }
-    Ok(pool.free_count() > 0 || empty.refresh().map_err(|e| core.index_violation(e))? > 0)
+    reclaim(core, waker, empty, pool)?;
+    Ok(full.refresh().map_err(|e| core.index_violation(e))? > 0 && pool.free_count() > 0)
 }
 
 impl AsFd for Producer {
