@@ -472,7 +472,7 @@ impl Config {
             return Err(invalid("flowmgr.arp_retries", "allowed: 1..=100".into()));
         }
         if fm.max_channel_bytes == 0
-            || fm.max_channel_bytes % 4096 != 0
+            || !fm.max_channel_bytes.is_multiple_of(4096)
             || fm.max_channel_bytes > 1 << 30
         {
             return Err(invalid(
@@ -481,7 +481,7 @@ impl Config {
             ));
         }
         let frame = u64::from(self.port.max_frame_bytes);
-        if fm.channel_bytes % 4096 != 0
+        if !fm.channel_bytes.is_multiple_of(4096)
             || fm.channel_bytes < frame
             || fm.channel_bytes > fm.max_channel_bytes
         {

@@ -1,1 +1,61 @@
-//! nemflow flowmgr.
+//! The nemflow flow manager (DESIGN.md §3; Nemesis §3.2, §4.1; the registry server of the Mach
+//! user-level protocols paper, §3.4) and the client library applications link.
+//!
+//! Applications ask the flow manager for flows over a Unix stream socket
+//! ([`nemflow_proto::app`]); it checks policy (`SO_PEERCRED`), allocates the port, runs
+//! admission control with the scheduler's own rules, routes, resolves the next hop with ARP,
+//! creates the flow's Rbuf channels, installs filter, template, QoS and channels in the driver
+//! ([`nemflow_proto::ctl`]) and hands the app its FIB and channel fds. After that it steps aside:
+//! data never passes through it. When an app's socket closes (exit, crash, `kill -9`), every flow
+//! it held is removed from the driver and its ports are released (TCP 5-tuples after TIME_WAIT).
+//!
+//! It is also the host's **last-resort handler**: its own flow in the driver receives whatever
+//! no filter matched, and it answers ARP for the host's address, resolves next hops, replies to
+//! ICMP echo, and sends ICMP port unreachable for unmatched UDP and RST for unmatched TCP — rate
+//! limited, and never to an ICMP error, an RST, a broadcast or multicast, a later fragment or an
+//! invalid source (RFC 1122 §3.2.2, §4.2.2.13).
+//!
+//! # Rooms
+//! - [`client`]: the library apps link (always built; small: proto, rbuf, rustix, thiserror).
+//! - With the default `daemon` feature: [`daemon`] (the event loop and the flow table),
+//!   [`ports`], [`routing`], [`arp`], [`host`] (the last-resort handler: ARP, ICMP, RST on
+//!   crafted frames, no I/O), [`driver`] (the link to the driver), [`policy`], [`testing`] (a
+//!   fake driver speaking `proto::ctl`), [`show`] (the `nemflow` tool's output shapes).
+//!
+//! # Event loop
+//! One thread, one non-blocking `poll` loop over the listening socket, every client socket, the
+//! receive channel of the flow manager's own flow and a signal pipe. Each client has its own
+//! [`nemflow_proto::wire::Decoder`] and output queue, so a client that trickles bytes costs a
+//! buffer, one that stops mid-message is dropped after `client_timeout_ms`, and one that stops
+//! reading its replies is dropped when its queue passes a bound — none of them delays anyone
+//! else. A request that needs ARP is *parked* (the client is not read from meanwhile) and
+//! finished when the reply or the last retry comes, so ARP never blocks the loop either. All
+//! state (ports, ARP cache, admission, flow table) lives in that one thread, without locks, and
+//! every change to it is one request's work from start to finish. The one blocking call is to
+//! the trusted driver (bounded by `driver_timeout_ms`): every flow change needs it anyway, and a
+//! driver that does not answer ends the daemon with one clear line rather than half-installed
+//! state. A thread per client would have needed locks around every one of those tables for no
+//! gain: control-path work per request is microseconds.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+
+#[cfg(feature = "daemon")]
+pub mod arp;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod driver;
+#[cfg(feature = "daemon")]
+pub mod host;
+#[cfg(feature = "daemon")]
+pub mod policy;
+#[cfg(feature = "daemon")]
+pub mod ports;
+#[cfg(feature = "daemon")]
+pub mod routing;
+#[cfg(feature = "daemon")]
+pub mod show;
+#[cfg(feature = "daemon")]
+pub mod testing;

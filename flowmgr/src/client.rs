@@ -1,0 +1,413 @@
+//! The library applications link to talk to the flow manager: connect, open, close, change QoS,
+//! resolve a neighbour, and receive events (FIB changed, flow revoked).
+//!
+//! ```no_run
+//! use nemflow_flowmgr::client::Client;
+//! use nemflow_proto::app::OpenFlow;
+//! use std::net::{Ipv4Addr, SocketAddrV4};
+//!
+//! let mut fm = Client::connect_default()?;
+//! let flow = fm.open(&OpenFlow::udp(0, Some(SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 2), 7))))?;
+//! println!("flow {} from {}", flow.fib.flow, flow.fib.local);
+//! let (tx, rx) = flow.attach()?; // tmm::Producer, rmm::Consumer
+//! # drop((tx, rx));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The flow lives as long as this connection: dropping the [`Client`] (or the process dying)
+//! closes every flow it opened.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nemflow_proto::app::{
+    AppError, AppErrorKind, AppEvent, AppReply, AppRequest, ArpEntry, FlowInfo, HostInfo,
+    Neighbour, OpenFlow, Opened, RouteEntry, ServerMsg, StatsReport, DEFAULT_SOCKET, OPENED_FDS,
+};
+use nemflow_proto::wire::{self, Decoder, WireError};
+use nemflow_proto::{Fib, FlowId, Qos};
+use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, CHANNEL_FDS};
+
+/// Environment variable naming the flow manager's socket (default [`DEFAULT_SOCKET`]).
+pub const SOCKET_ENV: &str = "NEMFLOW_FLOWMGR_SOCKET";
+
+/// How long a reply may take by default (ARP resolution with retries included).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What can go wrong talking to the flow manager.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No flow manager listens on the socket.
+    #[error("no flow manager at {}: {source} (is nemflow-flowmgr running?)", path.display())]
+    NotRunning {
+        /// The socket path.
+        path: PathBuf,
+        /// Why connecting failed.
+        source: std::io::Error,
+    },
+    /// The socket exists but this user may not connect to it.
+    #[error("cannot connect to the flow manager at {}: {source}", path.display())]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// Why connecting failed.
+        source: std::io::Error,
+    },
+    /// The flow manager refused the request; [`AppError::errno`] is what a socket would say.
+    #[error("{0}")]
+    Refused(#[from] AppError),
+    /// The connection failed or carried something that is not the protocol.
+    #[error("flow manager connection: {0}")]
+    Wire(#[from] WireError),
+    /// The flow manager answered with something that does not fit the request.
+    #[error("flow manager protocol: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The errno a socket user would see for this failure.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ClientError::Refused(e) => e.errno(),
+            ClientError::NotRunning { source, .. } | ClientError::Connect { source, .. } => source
+                .raw_os_error()
+                .unwrap_or(rustix::io::Errno::CONNREFUSED.raw_os_error()),
+            ClientError::Wire(_) | ClientError::Protocol(_) => {
+                rustix::io::Errno::PROTO.raw_os_error()
+            }
+        }
+    }
+
+    /// The kind of refusal, when the flow manager refused.
+    pub fn kind(&self) -> Option<AppErrorKind> {
+        match self {
+            ClientError::Refused(e) => Some(e.kind),
+            _ => None,
+        }
+    }
+}
+
+impl From<ClientError> for std::io::Error {
+    fn from(e: ClientError) -> Self {
+        let os = std::io::Error::from_raw_os_error(e.errno());
+        std::io::Error::new(os.kind(), e.to_string())
+    }
+}
+
+/// An open flow: what the app stack is built from, and its two channels.
+#[derive(Debug)]
+pub struct Flow {
+    /// The flow information block.
+    pub fib: Fib,
+    /// The QoS admitted.
+    pub qos: Qos,
+    /// Geometry of the transmit channel.
+    pub tx_spec: ChannelSpec,
+    /// Geometry of the receive channel.
+    pub rx_spec: ChannelSpec,
+    /// Transmit channel fds (data writable): attach a [`tmm::Producer`].
+    pub tx: ChannelFds,
+    /// Receive channel fds (data read-only): attach an [`rmm::Consumer`].
+    pub rx: ChannelFds,
+}
+
+impl Flow {
+    /// The flow's id.
+    pub fn id(&self) -> FlowId {
+        self.fib.flow
+    }
+
+    /// Attaches both endpoints; the receive side posts its empty buffers at once.
+    pub fn attach(self) -> Result<(tmm::Producer, rmm::Consumer), nemflow_rbuf::Error> {
+        let tx = tmm::Producer::attach(&self.tx_spec, self.tx)?;
+        let mut rx = rmm::Consumer::attach(&self.rx_spec, self.rx)?;
+        rx.post_free()?;
+        Ok((tx, rx))
+    }
+}
+
+/// A connection to the flow manager.
+#[derive(Debug)]
+pub struct Client {
+    sock: UnixStream,
+    decoder: Decoder,
+    events: VecDeque<AppEvent>,
+    timeout: Duration,
+    host: HostInfo,
+}
+
+impl Client {
+    /// Connects to the socket named by `NEMFLOW_FLOWMGR_SOCKET`, or [`DEFAULT_SOCKET`].
+    pub fn connect_default() -> Result<Self, ClientError> {
+        let path = std::env::var_os(SOCKET_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        Self::connect(path)
+    }
+
+    /// Connects to the flow manager at `path` and introduces itself with the program's name.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        let name = std::env::args()
+            .next()
+            .and_then(|a| {
+                Path::new(&a)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "app".into());
+        Self::connect_as(path, &name)
+    }
+
+    /// Connects to the flow manager at `path`, introducing itself as `name` (for listings).
+    pub fn connect_as(path: impl AsRef<Path>, name: &str) -> Result<Self, ClientError> {
+        let path = path.as_ref();
+        let sock = UnixStream::connect(path).map_err(|source| {
+            use std::io::ErrorKind as K;
+            match source.kind() {
+                K::NotFound | K::ConnectionRefused => ClientError::NotRunning {
+                    path: path.to_owned(),
+                    source,
+                },
+                _ => ClientError::Connect {
+                    path: path.to_owned(),
+                    source,
+                },
+            }
+        })?;
+        let mut client = Client {
+            sock,
+            decoder: Decoder::new(OPENED_FDS),
+            events: VecDeque::new(),
+            timeout: DEFAULT_TIMEOUT,
+            host: HostInfo {
+                ip: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                mac: [0; 6],
+                mtu: 0,
+                gateway: None,
+                uid: 0,
+                pid: 0,
+            },
+        };
+        let name: String = name.chars().take(64).collect();
+        match client.call(&AppRequest::Hello { client: name })? {
+            (AppReply::Hello(host), _) => client.host = host,
+            (other, _) => return Err(unexpected("Hello", &other)),
+        }
+        Ok(client)
+    }
+
+    /// The host as the flow manager described it at connect time.
+    pub fn host(&self) -> &HostInfo {
+        &self.host
+    }
+
+    /// Sets how long to wait for each reply.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Opens a flow.
+    pub fn open(&mut self, req: &OpenFlow) -> Result<Flow, ClientError> {
+        match self.call(&AppRequest::Open(req.clone()))? {
+            (AppReply::Opened(opened), fds) => into_flow(opened, fds),
+            (other, _) => Err(unexpected("Open", &other)),
+        }
+    }
+
+    /// Changes a flow's QoS.
+    pub fn set_qos(&mut self, flow: FlowId, qos: Qos) -> Result<(), ClientError> {
+        self.expect_ok(&AppRequest::SetQos { flow, qos })
+    }
+
+    /// Closes a flow (dropping the client closes all of them).
+    pub fn close(&mut self, flow: FlowId) -> Result<(), ClientError> {
+        self.expect_ok(&AppRequest::Close { flow })
+    }
+
+    /// Registers for TCP connections to `port` (0 = allocate); returns the port.
+    pub fn listen(&mut self, port: u16) -> Result<u16, ClientError> {
+        match self.call(&AppRequest::Listen {
+            local_ip: None,
+            port,
+        })? {
+            (AppReply::Listening { port }, _) => Ok(port),
+            (other, _) => Err(unexpected("Listen", &other)),
+        }
+    }
+
+    /// Drops a listen registration.
+    pub fn unlisten(&mut self, port: u16) -> Result<(), ClientError> {
+        self.expect_ok(&AppRequest::Unlisten { port })
+    }
+
+    /// This connection's flows and listen registrations.
+    pub fn flows(&mut self) -> Result<Vec<FlowInfo>, ClientError> {
+        self.flows_of(AppRequest::ListFlows)
+    }
+
+    /// Every flow on the host.
+    pub fn all_flows(&mut self) -> Result<Vec<FlowInfo>, ClientError> {
+        self.flows_of(AppRequest::AllFlows)
+    }
+
+    fn flows_of(&mut self, req: AppRequest) -> Result<Vec<FlowInfo>, ClientError> {
+        match self.call(&req)? {
+            (AppReply::Flows(f), _) => Ok(f),
+            (other, _) => Err(unexpected("flow listing", &other)),
+        }
+    }
+
+    /// Where to send frames for `ip` (for unconnected UDP `send_to`).
+    pub fn resolve(&mut self, ip: Ipv4Addr) -> Result<Neighbour, ClientError> {
+        match self.call(&AppRequest::Resolve { ip })? {
+            (AppReply::Resolved(n), _) => Ok(n),
+            (other, _) => Err(unexpected("Resolve", &other)),
+        }
+    }
+
+    /// Counters of every flow, the port and the flow manager.
+    pub fn stats(&mut self) -> Result<StatsReport, ClientError> {
+        match self.call(&AppRequest::Stats)? {
+            (AppReply::Stats(s), _) => Ok(s),
+            (other, _) => Err(unexpected("Stats", &other)),
+        }
+    }
+
+    /// The ARP cache.
+    pub fn arp(&mut self) -> Result<Vec<ArpEntry>, ClientError> {
+        match self.call(&AppRequest::Arp)? {
+            (AppReply::Arp(a), _) => Ok(a),
+            (other, _) => Err(unexpected("Arp", &other)),
+        }
+    }
+
+    /// The routing table.
+    pub fn routes(&mut self) -> Result<Vec<RouteEntry>, ClientError> {
+        match self.call(&AppRequest::Routes)? {
+            (AppReply::Routes(r), _) => Ok(r),
+            (other, _) => Err(unexpected("Routes", &other)),
+        }
+    }
+
+    /// The next event, without blocking: one already received, or one readable now.
+    pub fn poll_event(&mut self) -> Result<Option<AppEvent>, ClientError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
+        }
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                match frame.decode::<ServerMsg>()? {
+                    ServerMsg::Event(e) => return Ok(Some(e)),
+                    ServerMsg::Reply(r) => return Err(unexpected("no request", &r)),
+                }
+            }
+            let mut fds = [rustix::event::PollFd::new(
+                &self.sock,
+                rustix::event::PollFlags::IN,
+            )];
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let ready = rustix::event::poll(&mut fds, Some(&zero)).map_err(|e| WireError::Io {
+                op: "poll",
+                source: e.into(),
+            })?;
+            if ready == 0 {
+                return Ok(None);
+            }
+            self.decoder.read_from(&self.sock)?;
+        }
+    }
+
+    /// Sends one request and waits for its reply, keeping events that arrive meanwhile.
+    pub fn call(&mut self, req: &AppRequest) -> Result<(AppReply, Vec<OwnedFd>), ClientError> {
+        wire::send(&self.sock, req, &[])?;
+        loop {
+            let frame = self.decoder.recv(&self.sock, Some(self.timeout))?;
+            match frame.decode::<ServerMsg>()? {
+                ServerMsg::Event(e) => {
+                    if !frame.fds.is_empty() {
+                        return Err(ClientError::Protocol("an event carried fds".into()));
+                    }
+                    self.events.push_back(e);
+                }
+                ServerMsg::Reply(AppReply::Error(e)) => return Err(ClientError::Refused(e)),
+                ServerMsg::Reply(r) => return Ok((r, frame.fds)),
+            }
+        }
+    }
+
+    fn expect_ok(&mut self, req: &AppRequest) -> Result<(), ClientError> {
+        match self.call(req)? {
+            (AppReply::Ok, _) => Ok(()),
+            (other, _) => Err(unexpected("Ok", &other)),
+        }
+    }
+}
+
+impl AsFd for Client {
+    /// The socket: readable when an event (or a reply) arrived, for apps' event loops.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+fn into_flow(opened: Opened, fds: Vec<OwnedFd>) -> Result<Flow, ClientError> {
+    if fds.len() != OPENED_FDS {
+        return Err(ClientError::Protocol(format!(
+            "Opened carried {} fds, expected {OPENED_FDS}",
+            fds.len()
+        )));
+    }
+    let mut fds = fds;
+    let rx_fds = fds.split_off(CHANNEL_FDS);
+    let tx = ChannelFds::from_vec(fds).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let rx = ChannelFds::from_vec(rx_fds).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(Flow {
+        fib: opened.fib,
+        qos: opened.qos,
+        tx_spec: opened.tx,
+        rx_spec: opened.rx,
+        tx,
+        rx,
+    })
+}
+
+fn unexpected(wanted: &str, got: &AppReply) -> ClientError {
+    let name = match got {
+        AppReply::Hello(_) => "Hello",
+        AppReply::Opened(_) => "Opened",
+        AppReply::Ok => "Ok",
+        AppReply::Listening { .. } => "Listening",
+        AppReply::Flows(_) => "Flows",
+        AppReply::Resolved(_) => "Resolved",
+        AppReply::Stats(_) => "Stats",
+        AppReply::Arp(_) => "Arp",
+        AppReply::Routes(_) => "Routes",
+        AppReply::Error(_) => "Error",
+    };
+    ClientError::Protocol(format!("expected a reply to {wanted}, got {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_daemon_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.sock");
+        let err = Client::connect(&path).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("no flow manager at"), "{text}");
+        assert!(text.contains("nemflow-flowmgr running"), "{text}");
+        let io: std::io::Error = err.into();
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    }
+}

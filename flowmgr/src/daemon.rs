@@ -1,0 +1,1796 @@
+//! The flow manager daemon: the event loop, the flow table, and the life of every flow from
+//! `Open` to `Close` or its owner's socket closing. See the crate docs for the loop's design.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nemflow_config::Config;
+use nemflow_proto::app::{
+    AppError, AppErrorKind, AppEvent, AppReply, AppRequest, Buffers, FlowInfo, FlowKind, HostInfo,
+    Neighbour, OpenFlow, Opened, Owner, ServerMsg, StatsReport, Transport,
+};
+use nemflow_proto::ctl::{DriverReply, DriverRequest, ErrorKind as DrvErr, FlowStats, PortInfo};
+use nemflow_proto::flow::{ip_proto, Fib, Filter, FlowId, Qos, Template, TemplateKind};
+use nemflow_proto::wire::{self, Decoder, WireError};
+use nemflow_rbuf::spec::{MAX_SLOTS, PAGE_BYTES};
+use nemflow_rbuf::{fdpass, rmm, tmm, ChannelSpec, IoRec};
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use crate::arp::{ArpNews, Lookup};
+use crate::driver::{DriverLink, LinkError};
+use crate::host::{Host, HostConfig};
+use crate::policy::Policy;
+use crate::ports::{Claim, PortError, PortTable};
+use crate::routing::{NextHop, RouteError, Routes};
+
+/// The flow manager's own flow.
+pub const HOST_FLOW: FlowId = FlowId(1);
+
+/// Most bytes queued for one client before it counts as not reading and is dropped.
+pub const MAX_QUEUED_BYTES: usize = 1 << 20;
+
+/// Requests taken from one client per loop turn (fairness between clients).
+const REQUESTS_PER_TURN: usize = 32;
+
+/// Frames taken from the host flow per loop turn.
+const FRAMES_PER_TURN: usize = 256;
+
+/// Why the daemon could not start; `Display` is the one line the binary prints.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another flow manager serves the socket.
+    #[error("socket {} is in use by another flow manager", .0.display())]
+    SocketInUse(PathBuf),
+    /// The socket could not be created.
+    #[error("cannot create socket {}: {source}{hint}", path.display())]
+    Socket {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// The driver could not be reached.
+    #[error("{0}")]
+    Driver(#[from] LinkError),
+    /// The driver refused something at start-up.
+    #[error("driver refused {what}: {message}")]
+    DriverRefused {
+        /// What was asked.
+        what: &'static str,
+        /// The driver's message.
+        message: String,
+    },
+    /// The configuration does not fit (link rate, reserve).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Creating or attaching the host flow's channels failed.
+    #[error("host flow channels: {0}")]
+    Channel(#[from] nemflow_rbuf::Error),
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The driver connection failed.
+    #[error("driver lost: {0}")]
+    Driver(String),
+    /// The host flow's channels failed.
+    #[error("host flow: {0}")]
+    HostFlow(String),
+    /// `poll` failed.
+    #[error("poll: {0}")]
+    Poll(std::io::Error),
+}
+
+macro_rules! counters {
+    ($(#[$doc:meta])* $name:ident { $($(#[$m:meta])* $f:ident,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct $name { $($(#[$m])* pub $f: u64,)* }
+        impl $name {
+            /// Every counter with its name.
+            pub fn list(&self) -> Vec<(String, u64)> {
+                vec![$((stringify!($f).to_string(), self.$f),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// The daemon's own counters: every refusal and every disconnect has its reason.
+    Counters {
+        /// Connections accepted.
+        clients_accepted,
+        /// Connections closed at once: `max_clients` reached.
+        clients_over_limit,
+        /// Connections from uids the policy does not allow.
+        clients_denied,
+        /// Connections that closed (any reason).
+        clients_closed,
+        /// Clients dropped for stalling mid-message past `client_timeout_ms`.
+        clients_stalled,
+        /// Clients dropped for not reading their replies.
+        clients_slow,
+        /// Clients dropped for a framing error (magic, version, length, fds).
+        clients_bad_framing,
+        /// Requests that did not decode (answered with an error).
+        requests_malformed,
+        /// Requests handled.
+        requests,
+        /// Requests refused (any reason; the reply says which).
+        requests_refused,
+        /// Flows opened.
+        flows_opened,
+        /// Flows closed by request.
+        flows_closed,
+        /// Flows closed because their owner's socket closed.
+        flows_closed_on_exit,
+        /// Opens that waited for ARP.
+        opens_parked,
+        /// Frames the host flow sent.
+        host_tx_frames,
+        /// Frames the host flow could not send (no free buffer or FIFO full).
+        host_tx_dropped,
+        /// Invalid iorecs on the host flow's receive channel.
+        host_rx_invalid,
+        /// Events sent to apps (FIB changed, revoked).
+        events_sent,
+    }
+}
+
+/// One queued message to a client.
+#[derive(Debug)]
+struct Outgoing {
+    bytes: Vec<u8>,
+    sent: usize,
+    fds: Vec<OwnedFd>,
+}
+
+/// One connected application.
+#[derive(Debug)]
+struct Conn {
+    sock: UnixStream,
+    uid: u32,
+    pid: i32,
+    comm: String,
+    denied: Option<AppError>,
+    decoder: Decoder,
+    out: VecDeque<Outgoing>,
+    out_bytes: usize,
+    /// When the message now being received began (for the stall timeout).
+    msg_started: Option<Instant>,
+    /// A request waits for ARP: do not read more.
+    parked: bool,
+    /// Close once the output queue is empty.
+    closing: bool,
+    flows: BTreeSet<FlowId>,
+    listens: BTreeSet<u16>,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+struct Who {
+    cid: u64,
+    uid: u32,
+    pid: i32,
+    comm: String,
+}
+
+/// An installed flow.
+#[derive(Debug)]
+struct FlowEntry {
+    owner: u64,
+    who: Owner,
+    transport: Transport,
+    claim: Option<(u8, u16, Claim)>,
+    qos: Qos,
+    fib: Fib,
+    /// The IP whose MAC is the FIB's next hop (for FIB-changed events).
+    next_hop: Option<Ipv4Addr>,
+    channel_bytes: u64,
+    opened: Instant,
+}
+
+/// A flow between admission and installation (possibly waiting for ARP).
+#[derive(Debug)]
+struct Prepared {
+    id: FlowId,
+    who: Who,
+    transport: Transport,
+    local: SocketAddrV4,
+    remote: Option<SocketAddrV4>,
+    broadcast: bool,
+    claim: Option<(u8, u16, Claim)>,
+    qos: Qos,
+    tx: ChannelSpec,
+    rx: ChannelSpec,
+    channel_bytes: u64,
+    next_hop: Option<Ipv4Addr>,
+}
+
+/// Work waiting for ARP.
+#[derive(Debug)]
+enum Job {
+    Open(Box<Prepared>),
+    Resolve { dst: Ipv4Addr },
+}
+
+#[derive(Debug)]
+struct Parked {
+    cid: u64,
+    ip: Ipv4Addr,
+    job: Job,
+}
+
+/// The flow manager's own flow: its ends of the two channels.
+#[derive(Debug)]
+struct HostFlow {
+    tx: tmm::Producer,
+    rx: rmm::Consumer,
+    buf: Vec<u8>,
+}
+
+/// Settings taken from the configuration.
+#[derive(Debug, Clone)]
+struct Settings {
+    max_clients: usize,
+    client_timeout: Duration,
+    time_wait: Duration,
+    channel_bytes: u64,
+    channel_slots: u32,
+    max_channel_bytes: u64,
+    max_frame_bytes: u32,
+    mtu: u16,
+}
+
+/// The flow manager.
+#[derive(Debug)]
+pub struct Daemon<D: DriverLink> {
+    set: Settings,
+    driver: D,
+    listener: UnixListener,
+    socket_path: Option<PathBuf>,
+    stop: Option<OwnedFd>,
+    clients: BTreeMap<u64, Conn>,
+    next_client: u64,
+    flows: BTreeMap<FlowId, FlowEntry>,
+    next_flow: u32,
+    policy: Policy,
+    ports: PortTable,
+    admission: nemflow_sched::Scheduler,
+    routes: Routes,
+    host: Host,
+    host_flow: HostFlow,
+    host_flow_opened: Instant,
+    mac: [u8; 6],
+    parked: Vec<Parked>,
+    counters: Counters,
+    /// Frames the host wants to send.
+    tx: Vec<Vec<u8>>,
+    /// Set when the driver link failed: the loop ends with this error.
+    fatal: Option<String>,
+}
+
+/// Binds the application socket at `path` with permissions `mode`: creates its directory, and
+/// replaces a stale socket file but never one another flow manager still serves.
+pub fn bind_app_socket(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
+    let sock_err = |source: std::io::Error| {
+        let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
+            " (run as root, or set flowmgr.socket to a writable place)"
+        } else {
+            ""
+        };
+        StartError::Socket {
+            path: path.to_owned(),
+            source,
+            hint,
+        }
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(sock_err)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(sock_err)?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(StartError::SocketInUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(sock_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(sock_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(sock_err)?;
+    listener.set_nonblocking(true).map_err(sock_err)?;
+    Ok(listener)
+}
+
+fn app_err(kind: AppErrorKind, message: impl Into<String>) -> AppError {
+    AppError::new(kind, message)
+}
+
+fn to_sched(q: &Qos) -> nemflow_sched::Qos {
+    nemflow_sched::Qos {
+        period_ns: q.period_ns,
+        slice_ns: q.slice_ns,
+        extra: q.extra,
+        latency_hint_ns: q.latency_hint_ns,
+    }
+}
+
+fn sched_err(e: nemflow_sched::SchedError) -> AppError {
+    match e {
+        nemflow_sched::SchedError::Admission { max_slice_ns, .. } => AppError {
+            kind: AppErrorKind::Admission,
+            message: e.to_string(),
+            max_slice_ns: Some(max_slice_ns),
+        },
+        other => app_err(AppErrorKind::Invalid, other.to_string()),
+    }
+}
+
+fn port_err(e: PortError) -> AppError {
+    let kind = match e {
+        PortError::Exhausted { .. } => AppErrorKind::AddrNotAvailable,
+        _ => AppErrorKind::AddrInUse,
+    };
+    app_err(kind, e.to_string())
+}
+
+fn route_err(e: RouteError) -> AppError {
+    let kind = match e {
+        RouteError::NoRoute(..) => AppErrorKind::NetUnreachable,
+        RouteError::Invalid(..) => AppErrorKind::Invalid,
+    };
+    app_err(kind, e.to_string())
+}
+
+fn drv_err(kind: DrvErr, message: String) -> AppError {
+    let k = match kind {
+        DrvErr::Exists => AppErrorKind::AddrInUse,
+        DrvErr::Admission => AppErrorKind::Admission,
+        DrvErr::Exhausted => AppErrorKind::NoBufferSpace,
+        DrvErr::NotFound => AppErrorKind::NoSuchFlow,
+        DrvErr::Invalid | DrvErr::BadChannel => AppErrorKind::DriverUnavailable,
+    };
+    app_err(k, format!("driver: {message}"))
+}
+
+fn read_comm(pid: i32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(s.trim_end().to_owned())
+}
+
+impl<D: DriverLink> Daemon<D> {
+    /// Starts the flow manager: greets the driver, installs the host flow (default filter,
+    /// any-template), announces the host's address, and serves `listener`.
+    pub fn start(
+        config: &Config,
+        mut driver: D,
+        listener: UnixListener,
+    ) -> Result<Self, StartError> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StartError::Socket {
+                path: PathBuf::new(),
+                source,
+                hint: "",
+            })?;
+        let fm = &config.flowmgr;
+        let port = match driver.call(
+            &DriverRequest::Hello {
+                client: "nemflow-flowmgr".into(),
+            },
+            &[],
+        )? {
+            DriverReply::Hello(p) => p,
+            DriverReply::Error { message, .. } => {
+                return Err(StartError::DriverRefused {
+                    what: "Hello",
+                    message,
+                })
+            }
+            _ => {
+                return Err(StartError::DriverRefused {
+                    what: "Hello",
+                    message: "unexpected reply".into(),
+                })
+            }
+        };
+        let mac = config.host.mac.map(|m| m.0).unwrap_or(port.mac);
+        let reserve_ppm = (fm.reserve * 1e6).round() as u32;
+        let admission = nemflow_sched::Scheduler::new(config.link.rate_bps, reserve_ppm)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let max_frame_bytes = u32::from(config.port.max_frame_bytes);
+        let set = Settings {
+            max_clients: fm.max_clients as usize,
+            client_timeout: Duration::from_millis(fm.client_timeout_ms),
+            time_wait: Duration::from_millis(fm.time_wait_ms),
+            channel_bytes: fm.channel_bytes,
+            channel_slots: fm.channel_slots,
+            max_channel_bytes: fm.max_channel_bytes,
+            max_frame_bytes,
+            mtu: config.port.max_frame_bytes.saturating_sub(14),
+        };
+        let ip = config.host.ip.addr();
+        let prefix_len = config.host.ip.prefix_len();
+        let statics: Vec<_> = config
+            .host
+            .routes
+            .iter()
+            .map(|r| (r.dest.addr(), r.dest.prefix_len(), r.via))
+            .collect();
+        let routes = Routes::new(ip, prefix_len, config.host.gateway, &statics);
+        let host = Host::new(HostConfig {
+            ip,
+            prefix_len,
+            mac,
+            errors_per_sec: fm.icmp_errors_per_sec,
+            errors_burst: fm.icmp_errors_burst,
+            echo_per_sec: fm.echo_replies_per_sec,
+            arp_timeout: Duration::from_millis(fm.arp_timeout_ms),
+            arp_retry: Duration::from_millis(fm.arp_retry_ms),
+            arp_retries: fm.arp_retries,
+        });
+
+        // The host flow: whatever no filter matches; may send anything from our MAC.
+        let spec = ChannelSpec {
+            data_bytes: 512 << 10,
+            slots: 256,
+            max_packet_bytes: max_frame_bytes,
+            hugetlb: false,
+        };
+        let tx = nemflow_rbuf::create(&spec)?;
+        let rx = nemflow_rbuf::create(&spec)?;
+        let fds: Vec<BorrowedFd<'_>> = tx.as_fds().into_iter().chain(rx.as_fds()).collect();
+        let req = DriverRequest::InstallFlow {
+            id: HOST_FLOW,
+            filter: Filter::Default,
+            template: Template {
+                src_mac: mac,
+                kind: TemplateKind::Any,
+            },
+            qos: Qos {
+                period_ns: 10_000_000,
+                ..Qos::BEST_EFFORT
+            },
+            tx: spec,
+            rx: spec,
+        };
+        match driver.call(&req, &fds)? {
+            DriverReply::Ok => {}
+            DriverReply::Error { message, .. } => {
+                return Err(StartError::DriverRefused {
+                    what: "the flow manager's own flow",
+                    message,
+                })
+            }
+            _ => {
+                return Err(StartError::DriverRefused {
+                    what: "the flow manager's own flow",
+                    message: "unexpected reply".into(),
+                })
+            }
+        }
+        drop(fds);
+        let rx_ro = rx.with_read_only_data()?;
+        drop(rx);
+        let mut host_rx = rmm::Consumer::attach(&spec, rx_ro)?;
+        host_rx.post_free()?;
+        let host_tx = tmm::Producer::attach(&spec, tx)?;
+        let [first, last] = fm.ephemeral_ports;
+        let mut d = Daemon {
+            set,
+            driver,
+            listener,
+            socket_path: None,
+            stop: None,
+            clients: BTreeMap::new(),
+            next_client: 1,
+            flows: BTreeMap::new(),
+            next_flow: HOST_FLOW.0 + 1,
+            policy: Policy::new(fm),
+            ports: PortTable::new(first, last),
+            admission,
+            routes,
+            host,
+            host_flow: HostFlow {
+                tx: host_tx,
+                rx: host_rx,
+                buf: vec![0; max_frame_bytes as usize],
+            },
+            host_flow_opened: Instant::now(),
+            mac,
+            parked: Vec::new(),
+            counters: Counters::default(),
+            tx: Vec::new(),
+            fatal: None,
+        };
+        d.host.announce(&mut d.tx);
+        d.transmit();
+        tracing::info!(
+            ip = %ip, prefix_len, mac = %crate::host::fmt_mac(mac), port = %port.name,
+            "flow manager up: host flow installed, address announced"
+        );
+        Ok(d)
+    }
+
+    /// Removes the socket file at `path` when the daemon stops.
+    pub fn remove_socket_on_exit(&mut self, path: PathBuf) {
+        self.socket_path = Some(path);
+    }
+
+    /// Stops the loop (after tearing every flow down) when `fd` becomes readable (a signal
+    /// pipe, or one end of a socket pair a test or benchmark holds).
+    pub fn set_stop_fd(&mut self, fd: OwnedFd) {
+        self.stop = Some(fd);
+    }
+
+    /// The daemon's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Serves until the stop fd fires (then tears down every flow) or the driver is lost.
+    pub fn run(&mut self) -> Result<(), RunError> {
+        let result = loop {
+            match self.turn() {
+                Ok(true) => break Ok(()),
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+            if let Some(msg) = self.fatal.take() {
+                break Err(RunError::Driver(msg));
+            }
+        };
+        self.shutdown(result.is_ok());
+        result
+    }
+
+    fn shutdown(&mut self, driver_ok: bool) {
+        let ids: Vec<u64> = self.clients.keys().copied().collect();
+        for cid in ids {
+            if driver_ok {
+                for fid in self
+                    .clients
+                    .get(&cid)
+                    .map(|c| c.flows.clone())
+                    .unwrap_or_default()
+                {
+                    self.send_event(
+                        cid,
+                        AppEvent::Revoked {
+                            flow: fid,
+                            reason: "flow manager shutting down".into(),
+                        },
+                    );
+                }
+                if let Some(c) = self.clients.get_mut(&cid) {
+                    let _ = flush(c);
+                }
+            }
+            self.disconnect(cid, driver_ok);
+        }
+        if driver_ok {
+            let _ = self
+                .driver
+                .call(&DriverRequest::RemoveFlow { id: HOST_FLOW }, &[]);
+        }
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
+        tracing::info!("flow manager stopped");
+    }
+
+    /// One turn of the loop; `Ok(true)` when asked to stop.
+    fn turn(&mut self) -> Result<bool, RunError> {
+        let now = Instant::now();
+        self.on_timers(now);
+        self.transmit();
+        let host_ready = match self.host_flow.rx.prepare_wait() {
+            Ok(r) => r,
+            Err(e) => return Err(RunError::HostFlow(e.to_string())),
+        };
+        let mut deadline: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                deadline = Some(deadline.map_or(t, |d: Instant| d.min(t)));
+            }
+        };
+        consider(self.host.next_deadline());
+        consider(self.ports.next_expiry());
+        for c in self.clients.values() {
+            consider(c.msg_started.map(|t| t + self.set.client_timeout));
+        }
+        let timeout = if host_ready {
+            Duration::ZERO
+        } else {
+            deadline
+                .map(|d| d.saturating_duration_since(now))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1))
+        };
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+
+        let mut ids = Vec::with_capacity(self.clients.len());
+        let (revents, stop, listen, host_ev) = {
+            let mut pfds = Vec::with_capacity(self.clients.len() + 3);
+            pfds.push(PollFd::new(&self.listener, PollFlags::IN));
+            pfds.push(PollFd::new(&self.host_flow.rx, PollFlags::IN));
+            if let Some(s) = &self.stop {
+                pfds.push(PollFd::new(s, PollFlags::IN));
+            }
+            let base = pfds.len();
+            for (&id, c) in &self.clients {
+                let mut f = PollFlags::empty();
+                if !c.parked && !c.closing {
+                    f |= PollFlags::IN;
+                }
+                if !c.out.is_empty() {
+                    f |= PollFlags::OUT;
+                }
+                pfds.push(PollFd::new(&c.sock, f));
+                ids.push(id);
+            }
+            match rustix::event::poll(&mut pfds, Some(&ts)) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(RunError::Poll(e.into())),
+            }
+            let listen = pfds[0].revents();
+            let host_ev = pfds[1].revents();
+            let stop = base == 3 && !pfds[2].revents().is_empty();
+            let rev: Vec<PollFlags> = pfds[base..].iter().map(|p| p.revents()).collect();
+            (rev, stop, listen, host_ev)
+        };
+        self.host_flow.rx.finish_wait();
+        if stop {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if !host_ev.is_empty() || host_ready {
+            self.on_host_frames(now)?;
+        }
+        if !listen.is_empty() {
+            self.accept(now);
+        }
+        for (cid, ev) in ids.into_iter().zip(revents) {
+            if ev.is_empty() {
+                continue;
+            }
+            self.on_client(cid, ev, now);
+            if self.fatal.is_some() {
+                break;
+            }
+        }
+        // Close clients that finished their last reply.
+        let done: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.closing && c.out.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
+        for cid in done {
+            self.disconnect(cid, true);
+        }
+        self.transmit();
+        Ok(false)
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        let news = self.host.poll(now, &mut self.tx);
+        for n in news {
+            self.on_arp_news(n, now);
+        }
+        self.ports.expire(now);
+        let timeout = self.set.client_timeout;
+        let stalled: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.msg_started
+                    .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for cid in stalled {
+            self.counters.clients_stalled += 1;
+            tracing::info!(client = cid, "dropping client stalled mid-message");
+            self.disconnect(cid, true);
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..64 {
+            let sock = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: the pending connection stays queued; try next turn.
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            if self.clients.len() >= self.set.max_clients {
+                self.counters.clients_over_limit += 1;
+                continue;
+            }
+            let Ok(cred) = rustix::net::sockopt::socket_peercred(&sock) else {
+                continue;
+            };
+            if sock.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let uid = cred.uid.as_raw();
+            let pid = cred.pid.as_raw_pid();
+            let denied = self.policy.check_connect(uid).err();
+            if denied.is_some() {
+                self.counters.clients_denied += 1;
+            }
+            self.counters.clients_accepted += 1;
+            let cid = self.next_client;
+            self.next_client += 1;
+            let comm = read_comm(pid).unwrap_or_else(|| "?".into());
+            tracing::debug!(client = cid, uid, pid, %comm, "client connected");
+            let _ = now;
+            self.clients.insert(
+                cid,
+                Conn {
+                    sock,
+                    uid,
+                    pid,
+                    comm,
+                    denied,
+                    decoder: Decoder::new(0),
+                    out: VecDeque::new(),
+                    out_bytes: 0,
+                    msg_started: None,
+                    parked: false,
+                    closing: false,
+                    flows: BTreeSet::new(),
+                    listens: BTreeSet::new(),
+                },
+            );
+        }
+    }
+
+    fn on_client(&mut self, cid: u64, ev: PollFlags, now: Instant) {
+        let Some(c) = self.clients.get_mut(&cid) else {
+            return;
+        };
+        if ev.contains(PollFlags::OUT) && flush(c).is_err() {
+            self.disconnect(cid, true);
+            return;
+        }
+        if c.parked || c.closing {
+            if ev.intersects(PollFlags::HUP | PollFlags::ERR) {
+                self.disconnect(cid, true);
+            }
+            return;
+        }
+        if !ev.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+            return;
+        }
+        match c.decoder.read_from(&c.sock) {
+            Ok(_) => {}
+            Err(WireError::Closed) | Err(WireError::Truncated(_)) => {
+                self.disconnect(cid, true);
+                return;
+            }
+            Err(e) => {
+                self.framing_error(cid, &e);
+                return;
+            }
+        }
+        self.process(cid, now);
+    }
+
+    /// Handles the complete requests a client has buffered (up to a fair share per turn).
+    fn process(&mut self, cid: u64, now: Instant) {
+        for _ in 0..REQUESTS_PER_TURN {
+            let Some(c) = self.clients.get_mut(&cid) else {
+                return;
+            };
+            if c.parked || c.closing {
+                break;
+            }
+            let frame = match c.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    self.framing_error(cid, &e);
+                    return;
+                }
+            };
+            let req = frame.decode::<AppRequest>();
+            drop(frame);
+            let Some(c) = self.clients.get_mut(&cid) else {
+                return;
+            };
+            c.msg_started = None;
+            let who = Who {
+                cid,
+                uid: c.uid,
+                pid: c.pid,
+                comm: c.comm.clone(),
+            };
+            let denied = c.denied.clone();
+            self.counters.requests += 1;
+            let outcome = match (req, denied) {
+                (_, Some(err)) => {
+                    if let Some(c) = self.clients.get_mut(&cid) {
+                        c.closing = true;
+                    }
+                    Some(Err(err))
+                }
+                (Err(e), None) => {
+                    self.counters.requests_malformed += 1;
+                    Some(Err(app_err(
+                        AppErrorKind::Invalid,
+                        format!("malformed request: {e}"),
+                    )))
+                }
+                (Ok(req), None) => self.handle(&who, req, now),
+            };
+            match outcome {
+                Some(r) => self.reply(cid, r),
+                None => {
+                    if let Some(c) = self.clients.get_mut(&cid) {
+                        c.parked = true;
+                    }
+                    break;
+                }
+            }
+            if self.fatal.is_some() {
+                return;
+            }
+        }
+        if let Some(c) = self.clients.get_mut(&cid) {
+            if c.decoder.pending() > 0 {
+                c.msg_started.get_or_insert(now);
+            } else {
+                c.msg_started = None;
+            }
+        }
+    }
+
+    /// A framing error: tell the client what was wrong (best effort) and drop it.
+    fn framing_error(&mut self, cid: u64, e: &WireError) {
+        self.counters.clients_bad_framing += 1;
+        tracing::info!(client = cid, error = %e, "dropping client: framing error");
+        let err = app_err(AppErrorKind::Invalid, format!("protocol error: {e}"));
+        self.reply(cid, Err(err));
+        if let Some(c) = self.clients.get_mut(&cid) {
+            c.closing = true;
+            c.parked = false;
+        }
+    }
+
+    fn reply(&mut self, cid: u64, r: Result<(AppReply, Vec<OwnedFd>), AppError>) {
+        let (msg, fds) = match r {
+            Ok((rep, fds)) => (ServerMsg::Reply(rep), fds),
+            Err(e) => {
+                self.counters.requests_refused += 1;
+                (ServerMsg::Reply(AppReply::Error(e)), Vec::new())
+            }
+        };
+        self.queue(cid, &msg, fds);
+    }
+
+    fn send_event(&mut self, cid: u64, ev: AppEvent) {
+        self.counters.events_sent += 1;
+        self.queue(cid, &ServerMsg::Event(ev), Vec::new());
+    }
+
+    fn queue(&mut self, cid: u64, msg: &ServerMsg, fds: Vec<OwnedFd>) {
+        let Some(c) = self.clients.get_mut(&cid) else {
+            return;
+        };
+        let bytes = match wire::encode(msg) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a reply");
+                match wire::encode(&ServerMsg::Reply(AppReply::Error(app_err(
+                    AppErrorKind::NoBufferSpace,
+                    format!("reply too large: {e}"),
+                )))) {
+                    Ok(b) => b,
+                    Err(_) => return,
+                }
+            }
+        };
+        c.out_bytes += bytes.len();
+        c.out.push_back(Outgoing {
+            bytes,
+            sent: 0,
+            fds,
+        });
+        if c.out_bytes > MAX_QUEUED_BYTES {
+            self.counters.clients_slow += 1;
+            self.disconnect(cid, true);
+            return;
+        }
+        if flush(c).is_err() {
+            self.disconnect(cid, true);
+        }
+    }
+
+    /// Drops a client and everything it held. `driver_ok`: tell the driver (false when the
+    /// link is already gone).
+    fn disconnect(&mut self, cid: u64, driver_ok: bool) {
+        let Some(c) = self.clients.remove(&cid) else {
+            return;
+        };
+        self.counters.clients_closed += 1;
+        let parked: Vec<Parked> = {
+            let (mine, rest) = std::mem::take(&mut self.parked)
+                .into_iter()
+                .partition(|p| p.cid == cid);
+            self.parked = rest;
+            mine
+        };
+        for p in parked {
+            if let Job::Open(prep) = p.job {
+                self.rollback(&prep);
+            }
+        }
+        let n = c.flows.len();
+        for fid in &c.flows {
+            self.teardown(*fid, driver_ok);
+            self.counters.flows_closed_on_exit += 1;
+        }
+        for port in &c.listens {
+            self.ports
+                .release(ip_proto::TCP, *port, Claim::Listen, cid, None);
+        }
+        tracing::debug!(
+            client = cid,
+            pid = c.pid,
+            flows = n,
+            "client gone: its flows are torn down"
+        );
+    }
+
+    /// Removes an installed flow everywhere.
+    fn teardown(&mut self, fid: FlowId, driver_ok: bool) {
+        let Some(f) = self.flows.remove(&fid) else {
+            return;
+        };
+        if driver_ok && self.fatal.is_none() {
+            match self
+                .driver
+                .call(&DriverRequest::RemoveFlow { id: fid }, &[])
+            {
+                Ok(DriverReply::Ok) => {}
+                Ok(DriverReply::Error { message, .. }) => {
+                    tracing::warn!(flow = %fid, %message, "driver did not remove the flow");
+                }
+                Ok(_) => tracing::warn!(flow = %fid, "unexpected driver reply to RemoveFlow"),
+                Err(e) => self.fatal = Some(e.to_string()),
+            }
+        }
+        let _ = self.admission.remove_flow(fid.0);
+        if let Some((proto, port, claim)) = f.claim {
+            let tw = matches!(claim, Claim::Connected(_)) && proto == ip_proto::TCP;
+            self.ports.release(
+                proto,
+                port,
+                claim,
+                f.owner,
+                tw.then_some((Instant::now(), self.set.time_wait)),
+            );
+        }
+        self.policy.release(f.who.uid, f.channel_bytes);
+        tracing::debug!(flow = %fid, "flow removed");
+    }
+
+    /// Undoes a prepared (not installed) flow.
+    fn rollback(&mut self, p: &Prepared) {
+        let _ = self.admission.remove_flow(p.id.0);
+        if let Some((proto, port, claim)) = p.claim {
+            self.ports.release(proto, port, claim, p.who.cid, None);
+        }
+        self.policy.release(p.who.uid, p.channel_bytes);
+    }
+
+    /// Handles one request; `None` when it waits for ARP.
+    fn handle(
+        &mut self,
+        who: &Who,
+        req: AppRequest,
+        now: Instant,
+    ) -> Option<Result<(AppReply, Vec<OwnedFd>), AppError>> {
+        let plain = |r: Result<AppReply, AppError>| Some(r.map(|r| (r, Vec::new())));
+        match req {
+            AppRequest::Hello { client } => {
+                if let Some(c) = self.clients.get_mut(&who.cid) {
+                    if c.comm == "?" {
+                        c.comm = client
+                            .chars()
+                            .filter(|c| !c.is_control())
+                            .take(32)
+                            .collect();
+                    }
+                }
+                plain(Ok(AppReply::Hello(HostInfo {
+                    ip: self.routes.ip(),
+                    prefix_len: self.routes.prefix_len(),
+                    mac: self.mac,
+                    mtu: self.set.mtu,
+                    gateway: self.routes.gateway(),
+                    uid: who.uid,
+                    pid: who.pid,
+                })))
+            }
+            AppRequest::Open(o) => match self.open(who, o, now) {
+                Ok(Some(p)) => {
+                    let r = self.finish_open(*p.0, p.1);
+                    Some(r)
+                }
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            },
+            AppRequest::SetQos { flow, qos } => {
+                plain(self.set_qos(who, flow, qos).map(|()| AppReply::Ok))
+            }
+            AppRequest::Close { flow } => {
+                let owned = self.flows.get(&flow).is_some_and(|f| f.owner == who.cid);
+                if !owned {
+                    return plain(Err(no_such_flow(flow)));
+                }
+                self.teardown(flow, true);
+                if let Some(c) = self.clients.get_mut(&who.cid) {
+                    c.flows.remove(&flow);
+                }
+                self.counters.flows_closed += 1;
+                plain(Ok(AppReply::Ok))
+            }
+            AppRequest::Listen { local_ip, port } => plain(self.listen(who, local_ip, port, now)),
+            AppRequest::Unlisten { port } => {
+                let had = self
+                    .clients
+                    .get_mut(&who.cid)
+                    .is_some_and(|c| c.listens.remove(&port));
+                if !had {
+                    return plain(Err(app_err(
+                        AppErrorKind::Invalid,
+                        format!("not listening on tcp port {port}"),
+                    )));
+                }
+                self.ports
+                    .release(ip_proto::TCP, port, Claim::Listen, who.cid, None);
+                plain(Ok(AppReply::Ok))
+            }
+            AppRequest::ListFlows => plain(Ok(AppReply::Flows(self.listing(who, true, now)))),
+            AppRequest::AllFlows => plain(Ok(AppReply::Flows(self.listing(who, false, now)))),
+            AppRequest::Resolve { ip } => match self.resolve(who, ip, now) {
+                Ok(Some(n)) => plain(Ok(AppReply::Resolved(n))),
+                Ok(None) => None,
+                Err(e) => plain(Err(e)),
+            },
+            AppRequest::Stats => plain(self.stats(who, now).map(AppReply::Stats)),
+            AppRequest::Arp => plain(Ok(AppReply::Arp(self.host.arp().entries(now)))),
+            AppRequest::Routes => plain(Ok(AppReply::Routes(self.routes.entries()))),
+        }
+    }
+
+    fn check_local_ip(&self, ip: Option<Ipv4Addr>) -> Result<Ipv4Addr, AppError> {
+        match ip {
+            None => Ok(self.routes.ip()),
+            Some(a) if a.is_unspecified() || a == self.routes.ip() => Ok(self.routes.ip()),
+            Some(a) => Err(app_err(
+                AppErrorKind::AddrNotAvailable,
+                format!("{a} is not this host's address ({})", self.routes.ip()),
+            )),
+        }
+    }
+
+    fn channel_spec(&self, bytes: u64, slots: u32, dir: &str) -> Result<ChannelSpec, AppError> {
+        let bytes = if bytes == 0 {
+            self.set.channel_bytes
+        } else {
+            bytes
+        };
+        let bytes = bytes.div_ceil(PAGE_BYTES).saturating_mul(PAGE_BYTES);
+        if bytes > self.set.max_channel_bytes {
+            return Err(app_err(
+                AppErrorKind::NoBufferSpace,
+                format!(
+                    "{dir} buffer of {bytes} bytes is larger than flowmgr.max_channel_bytes ({})",
+                    self.set.max_channel_bytes
+                ),
+            ));
+        }
+        let bytes =
+            bytes.max(u64::from(self.set.max_frame_bytes).div_ceil(PAGE_BYTES) * PAGE_BYTES);
+        let slots = if slots == 0 {
+            self.set.channel_slots
+        } else {
+            slots
+        };
+        let slots = slots.clamp(2, MAX_SLOTS).next_power_of_two().min(MAX_SLOTS);
+        let spec = ChannelSpec {
+            data_bytes: bytes,
+            slots,
+            max_packet_bytes: self.set.max_frame_bytes,
+            hugetlb: false,
+        };
+        spec.validate()
+            .map_err(|e| app_err(AppErrorKind::Invalid, format!("{dir} buffers: {e}")))?;
+        Ok(spec)
+    }
+
+    fn alloc_flow_id(&mut self) -> FlowId {
+        loop {
+            let id = FlowId(self.next_flow);
+            self.next_flow = self.next_flow.checked_add(1).unwrap_or(HOST_FLOW.0 + 1);
+            if id != HOST_FLOW && id.0 != 0 && !self.flows.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Phase one of an open: checks, port, admission, route. Returns the prepared flow and its
+    /// next hop's MAC when it can be installed now; `None` when it was parked for ARP.
+    #[allow(clippy::type_complexity)]
+    fn open(
+        &mut self,
+        who: &Who,
+        o: OpenFlow,
+        now: Instant,
+    ) -> Result<Option<(Box<Prepared>, Option<[u8; 6]>)>, AppError> {
+        to_sched(&o.qos).validate().map_err(sched_err)?;
+        let local_ip = self.check_local_ip(o.local_ip)?;
+        let Buffers {
+            tx_bytes,
+            tx_slots,
+            rx_bytes,
+            rx_slots,
+        } = o.buffers;
+        let tx = self.channel_spec(tx_bytes, tx_slots, "transmit")?;
+        let rx = self.channel_spec(rx_bytes, rx_slots, "receive")?;
+        let channel_bytes = tx.data_bytes + tx.control_bytes() + rx.data_bytes + rx.control_bytes();
+        let mut next = None;
+        let (claim, local) = match o.transport {
+            Transport::Raw { ethertype } => {
+                self.policy.check_raw(who.uid, ethertype)?;
+                if o.remote.is_some() {
+                    return Err(app_err(AppErrorKind::Invalid, "raw flows have no remote"));
+                }
+                (None, SocketAddrV4::new(local_ip, 0))
+            }
+            Transport::Udp | Transport::Tcp => {
+                let proto = o.transport.ip_proto().unwrap_or(ip_proto::UDP);
+                let name = if proto == ip_proto::TCP { "tcp" } else { "udp" };
+                if proto == ip_proto::TCP && o.remote.is_none() {
+                    return Err(app_err(
+                        AppErrorKind::Invalid,
+                        "TCP flows are connected: give the remote (use Listen to wait for connections)",
+                    ));
+                }
+                if let Some(r) = o.remote {
+                    if r.port() == 0 {
+                        return Err(app_err(
+                            AppErrorKind::AddrNotAvailable,
+                            format!("remote {r}: port 0 cannot be sent to"),
+                        ));
+                    }
+                    let nh = self.routes.lookup(*r.ip()).map_err(route_err)?;
+                    if proto == ip_proto::TCP && nh.fixed_mac().is_some() {
+                        return Err(app_err(
+                            AppErrorKind::Invalid,
+                            format!(
+                                "TCP to {}: broadcast and multicast have no connections",
+                                r.ip()
+                            ),
+                        ));
+                    }
+                    next = Some(nh);
+                }
+                self.policy.check_port(who.uid, name, o.local_port)?;
+                let claim = match o.remote {
+                    Some(r) => Claim::Connected(r),
+                    None => Claim::Bound,
+                };
+                self.policy.reserve(who.uid, channel_bytes)?;
+                let port = match self.ports.claim(proto, o.local_port, claim, who.cid, now) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.policy.release(who.uid, channel_bytes);
+                        return Err(port_err(e));
+                    }
+                };
+                (
+                    Some((proto, port, claim)),
+                    SocketAddrV4::new(local_ip, port),
+                )
+            }
+        };
+        if claim.is_none() {
+            self.policy.reserve(who.uid, channel_bytes)?;
+        }
+        let id = self.alloc_flow_id();
+        let mut prep = Box::new(Prepared {
+            id,
+            who: who.clone(),
+            transport: o.transport,
+            local,
+            remote: o.remote,
+            broadcast: o.broadcast,
+            claim,
+            qos: o.qos,
+            tx,
+            rx,
+            channel_bytes,
+            next_hop: None,
+        });
+        if let Err(e) = self.admission.add_flow(id.0, to_sched(&o.qos), 0) {
+            // The flow is not in the scheduler: undo port and policy only.
+            if let Some((proto, port, claim)) = prep.claim {
+                self.ports.release(proto, port, claim, who.cid, None);
+            }
+            self.policy.release(who.uid, channel_bytes);
+            return Err(sched_err(e));
+        }
+        let mac = match (next, o.transport) {
+            (Some(nh), _) => match nh {
+                NextHop::Unicast(ip) => {
+                    prep.next_hop = Some(ip);
+                    match self.host.resolve(ip, now, &mut self.tx) {
+                        Lookup::Hit { mac, .. } => Some(mac),
+                        Lookup::Started | Lookup::Pending => {
+                            self.counters.opens_parked += 1;
+                            self.parked.push(Parked {
+                                cid: who.cid,
+                                ip,
+                                job: Job::Open(prep),
+                            });
+                            return Ok(None);
+                        }
+                        Lookup::Full => {
+                            self.rollback(&prep);
+                            return Err(app_err(AppErrorKind::NoBufferSpace, "ARP cache is full"));
+                        }
+                    }
+                }
+                other => other.fixed_mac(),
+            },
+            (None, Transport::Raw { .. }) => None,
+            (None, _) => match self.routes.gateway() {
+                Some(gw) => {
+                    prep.next_hop = Some(gw);
+                    // Known: use it; unknown: resolve in the background (FIB-changed follows).
+                    match self.host.resolve(gw, now, &mut self.tx) {
+                        Lookup::Hit { mac, .. } => Some(mac),
+                        _ => None,
+                    }
+                }
+                None => None,
+            },
+        };
+        Ok(Some((prep, mac)))
+    }
+
+    /// Phase two of an open: channels, driver, reply.
+    fn finish_open(
+        &mut self,
+        p: Prepared,
+        mac: Option<[u8; 6]>,
+    ) -> Result<(AppReply, Vec<OwnedFd>), AppError> {
+        let r = self.install(&p, mac);
+        if r.is_err() {
+            self.rollback(&p);
+        }
+        r
+    }
+
+    fn install(
+        &mut self,
+        p: &Prepared,
+        mac: Option<[u8; 6]>,
+    ) -> Result<(AppReply, Vec<OwnedFd>), AppError> {
+        let no_mem = |e: nemflow_rbuf::Error| {
+            app_err(
+                AppErrorKind::NoBufferSpace,
+                format!("cannot create channels: {e}"),
+            )
+        };
+        let (filter, kind) = match (p.transport, p.claim) {
+            (Transport::Raw { ethertype }, _) => (
+                Filter::Ethertype(ethertype),
+                TemplateKind::Ethertype(ethertype),
+            ),
+            (_, Some((proto, port, _))) => {
+                let filter = match p.remote {
+                    Some(remote) => Filter::Connected {
+                        proto,
+                        local: p.local,
+                        remote,
+                    },
+                    None => Filter::Bound {
+                        proto,
+                        local: p.local,
+                        broadcast: p.broadcast,
+                    },
+                };
+                (
+                    filter,
+                    TemplateKind::Ipv4 {
+                        src: *p.local.ip(),
+                        proto,
+                        src_port: port,
+                        dst: p.remote,
+                    },
+                )
+            }
+            (_, None) => return Err(app_err(AppErrorKind::Invalid, "IP flow without a port")),
+        };
+        let tx = nemflow_rbuf::create(&p.tx).map_err(no_mem)?;
+        let rx = nemflow_rbuf::create(&p.rx).map_err(no_mem)?;
+        let app_rx = rx.with_read_only_data().map_err(no_mem)?;
+        let req = DriverRequest::InstallFlow {
+            id: p.id,
+            filter,
+            template: Template {
+                src_mac: self.mac,
+                kind,
+            },
+            qos: p.qos,
+            tx: p.tx,
+            rx: p.rx,
+        };
+        {
+            let fds: Vec<BorrowedFd<'_>> = tx.as_fds().into_iter().chain(rx.as_fds()).collect();
+            match self.driver.call(&req, &fds) {
+                Ok(DriverReply::Ok) => {}
+                Ok(DriverReply::Error { kind, message }) => return Err(drv_err(kind, message)),
+                Ok(_) => {
+                    return Err(app_err(
+                        AppErrorKind::DriverUnavailable,
+                        "unexpected driver reply to InstallFlow",
+                    ))
+                }
+                Err(e) => {
+                    self.fatal = Some(e.to_string());
+                    return Err(app_err(AppErrorKind::DriverUnavailable, e.to_string()));
+                }
+            }
+        }
+        drop(rx);
+        let fib = Fib {
+            flow: p.id,
+            local: p.local,
+            remote: p.remote,
+            src_mac: self.mac,
+            next_hop_mac: mac,
+            subnet: (self.routes.network(), self.routes.prefix_len()),
+            gateway: self.routes.gateway(),
+            mtu: self.set.mtu,
+        };
+        self.flows.insert(
+            p.id,
+            FlowEntry {
+                owner: p.who.cid,
+                who: Owner {
+                    uid: p.who.uid,
+                    pid: p.who.pid,
+                    comm: p.who.comm.clone(),
+                },
+                transport: p.transport,
+                claim: p.claim,
+                qos: p.qos,
+                fib: fib.clone(),
+                next_hop: p.next_hop,
+                channel_bytes: p.channel_bytes,
+                opened: Instant::now(),
+            },
+        );
+        if let Some(c) = self.clients.get_mut(&p.who.cid) {
+            c.flows.insert(p.id);
+        }
+        self.counters.flows_opened += 1;
+        tracing::debug!(flow = %p.id, local = %p.local, remote = ?p.remote, uid = p.who.uid, "flow installed");
+        let mut fds = tx.into_vec();
+        fds.extend(app_rx.into_vec());
+        Ok((
+            AppReply::Opened(Opened {
+                fib,
+                qos: p.qos,
+                tx: p.tx,
+                rx: p.rx,
+            }),
+            fds,
+        ))
+    }
+
+    fn set_qos(&mut self, who: &Who, fid: FlowId, qos: Qos) -> Result<(), AppError> {
+        let Some(f) = self.flows.get(&fid).filter(|f| f.owner == who.cid) else {
+            return Err(no_such_flow(fid));
+        };
+        let old = f.qos;
+        self.admission
+            .set_qos(fid.0, to_sched(&qos), 0)
+            .map_err(sched_err)?;
+        match self
+            .driver
+            .call(&DriverRequest::SetQos { id: fid, qos }, &[])
+        {
+            Ok(DriverReply::Ok) => {
+                if let Some(f) = self.flows.get_mut(&fid) {
+                    f.qos = qos;
+                }
+                Ok(())
+            }
+            other => {
+                let _ = self.admission.set_qos(fid.0, to_sched(&old), 0);
+                match other {
+                    Ok(DriverReply::Error { kind, message }) => Err(drv_err(kind, message)),
+                    Err(e) => {
+                        self.fatal = Some(e.to_string());
+                        Err(app_err(AppErrorKind::DriverUnavailable, e.to_string()))
+                    }
+                    Ok(_) => Err(app_err(
+                        AppErrorKind::DriverUnavailable,
+                        "unexpected driver reply to SetQos",
+                    )),
+                }
+            }
+        }
+    }
+
+    fn listen(
+        &mut self,
+        who: &Who,
+        local_ip: Option<Ipv4Addr>,
+        port: u16,
+        now: Instant,
+    ) -> Result<AppReply, AppError> {
+        self.check_local_ip(local_ip)?;
+        self.policy.check_port(who.uid, "tcp", port)?;
+        let port = self
+            .ports
+            .claim(ip_proto::TCP, port, Claim::Listen, who.cid, now)
+            .map_err(port_err)?;
+        if let Some(c) = self.clients.get_mut(&who.cid) {
+            c.listens.insert(port);
+        }
+        Ok(AppReply::Listening { port })
+    }
+
+    fn resolve(
+        &mut self,
+        who: &Who,
+        dst: Ipv4Addr,
+        now: Instant,
+    ) -> Result<Option<Neighbour>, AppError> {
+        let nh = self.routes.lookup(dst).map_err(route_err)?;
+        let ip = match nh {
+            NextHop::Unicast(ip) => ip,
+            other => {
+                return Ok(Some(Neighbour {
+                    ip: dst,
+                    next_hop: dst,
+                    mac: other.fixed_mac().unwrap_or([0xff; 6]),
+                }))
+            }
+        };
+        match self.host.resolve(ip, now, &mut self.tx) {
+            Lookup::Hit { mac, .. } => Ok(Some(Neighbour {
+                ip: dst,
+                next_hop: ip,
+                mac,
+            })),
+            Lookup::Started | Lookup::Pending => {
+                self.parked.push(Parked {
+                    cid: who.cid,
+                    ip,
+                    job: Job::Resolve { dst },
+                });
+                Ok(None)
+            }
+            Lookup::Full => Err(app_err(AppErrorKind::NoBufferSpace, "ARP cache is full")),
+        }
+    }
+
+    fn on_arp_news(&mut self, news: ArpNews, now: Instant) {
+        let ip = match news {
+            ArpNews::Resolved { ip, .. } | ArpNews::Failed { ip } => ip,
+        };
+        // Waiters first.
+        let waiting: Vec<Parked> = {
+            let (mine, rest) = std::mem::take(&mut self.parked)
+                .into_iter()
+                .partition(|p| p.ip == ip);
+            self.parked = rest;
+            mine
+        };
+        for p in waiting {
+            if let Some(c) = self.clients.get_mut(&p.cid) {
+                c.parked = false;
+            }
+            let result = match (news, p.job) {
+                (ArpNews::Resolved { mac, .. }, Job::Open(prep)) => {
+                    self.finish_open(*prep, Some(mac))
+                }
+                (ArpNews::Resolved { mac, .. }, Job::Resolve { dst }) => Ok((
+                    AppReply::Resolved(Neighbour {
+                        ip: dst,
+                        next_hop: ip,
+                        mac,
+                    }),
+                    Vec::new(),
+                )),
+                (ArpNews::Failed { .. }, job) => {
+                    if let Job::Open(prep) = &job {
+                        self.rollback(prep);
+                    }
+                    Err(app_err(
+                        AppErrorKind::HostUnreachable,
+                        format!("no ARP reply from {ip}"),
+                    ))
+                }
+            };
+            self.reply(p.cid, result);
+            // Requests that arrived behind the parked one.
+            self.process(p.cid, now);
+        }
+        // Then flows whose next hop's MAC changed or became known.
+        if let ArpNews::Resolved { mac, .. } = news {
+            let changed: Vec<(u64, Fib)> = self
+                .flows
+                .values_mut()
+                .filter(|f| f.next_hop == Some(ip) && f.fib.next_hop_mac != Some(mac))
+                .map(|f| {
+                    f.fib.next_hop_mac = Some(mac);
+                    (f.owner, f.fib.clone())
+                })
+                .collect();
+            for (owner, fib) in changed {
+                self.send_event(owner, AppEvent::FibChanged(fib));
+            }
+        }
+    }
+
+    fn on_host_frames(&mut self, now: Instant) -> Result<(), RunError> {
+        let mut frames = Vec::new();
+        for _ in 0..FRAMES_PER_TURN {
+            match self.host_flow.rx.pop() {
+                Ok(Some(pkt)) => {
+                    let n = self
+                        .host_flow
+                        .rx
+                        .copy_out(&pkt, &mut self.host_flow.buf)
+                        .unwrap_or(0);
+                    frames.push(self.host_flow.buf[..n].to_vec());
+                    if let Err(e) = self.host_flow.rx.repost(pkt) {
+                        return Err(RunError::HostFlow(e.to_string()));
+                    }
+                }
+                Ok(None) => break,
+                Err(nemflow_rbuf::Error::InvalidIoRec(_)) => self.counters.host_rx_invalid += 1,
+                Err(e) => return Err(RunError::HostFlow(e.to_string())),
+            }
+        }
+        for f in frames {
+            let ports = &self.ports;
+            let news = self
+                .host
+                .on_frame(now, &f, |p| ports.is_listening(p), &mut self.tx);
+            if let Some(n) = news {
+                self.on_arp_news(n, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what the host queued on its own flow.
+    fn transmit(&mut self) {
+        for mut frame in self.tx.drain(..) {
+            if frame.len() < 60 {
+                frame.resize(60, 0);
+            }
+            let sent = (|| -> Result<bool, nemflow_rbuf::Error> {
+                let Some(ext) = self.host_flow.tx.alloc(frame.len())? else {
+                    return Ok(false);
+                };
+                self.host_flow.tx.buf_mut(ext)?.copy_from_slice(&frame);
+                match self.host_flow.tx.push(IoRec::single(ext, 0)) {
+                    Ok(()) => Ok(true),
+                    Err(nemflow_rbuf::Error::Full) => {
+                        self.host_flow.tx.free(ext)?;
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            })();
+            match sent {
+                Ok(true) => self.counters.host_tx_frames += 1,
+                Ok(false) => self.counters.host_tx_dropped += 1,
+                Err(e) => {
+                    self.counters.host_tx_dropped += 1;
+                    tracing::warn!(error = %e, "host flow transmit failed");
+                }
+            }
+        }
+    }
+
+    fn flow_info(&self, id: FlowId, f: &FlowEntry, show_owner: bool, now: Instant) -> FlowInfo {
+        FlowInfo {
+            id,
+            kind: FlowKind::Flow,
+            transport: f.transport,
+            local: f.fib.local,
+            remote: f.fib.remote,
+            qos: f.qos,
+            owner: show_owner.then(|| f.who.clone()),
+            channel_bytes: f.channel_bytes,
+            age_ms: now.saturating_duration_since(f.opened).as_millis() as u64,
+        }
+    }
+
+    fn listing(&self, who: &Who, mine: bool, now: Instant) -> Vec<FlowInfo> {
+        let see = |uid: u32| who.uid == 0 || who.uid == uid;
+        let mut v = Vec::new();
+        if !mine {
+            v.push(FlowInfo {
+                id: HOST_FLOW,
+                kind: FlowKind::Host,
+                transport: Transport::Raw { ethertype: 0 },
+                local: SocketAddrV4::new(self.routes.ip(), 0),
+                remote: None,
+                qos: Qos::BEST_EFFORT,
+                owner: Some(Owner {
+                    uid: rustix::process::getuid().as_raw(),
+                    pid: rustix::process::getpid().as_raw_pid(),
+                    comm: "nemflow-flowmgr".into(),
+                }),
+                channel_bytes: 0,
+                age_ms: now
+                    .saturating_duration_since(self.host_flow_opened)
+                    .as_millis() as u64,
+            });
+        }
+        for (&id, f) in &self.flows {
+            if mine && f.owner != who.cid {
+                continue;
+            }
+            v.push(self.flow_info(id, f, see(f.who.uid), now));
+        }
+        for (&cid, c) in &self.clients {
+            if mine && cid != who.cid {
+                continue;
+            }
+            for &port in &c.listens {
+                v.push(FlowInfo {
+                    id: FlowId(0),
+                    kind: FlowKind::Listen,
+                    transport: Transport::Tcp,
+                    local: SocketAddrV4::new(self.routes.ip(), port),
+                    remote: None,
+                    qos: Qos::BEST_EFFORT,
+                    owner: see(c.uid).then(|| Owner {
+                        uid: c.uid,
+                        pid: c.pid,
+                        comm: c.comm.clone(),
+                    }),
+                    channel_bytes: 0,
+                    age_ms: 0,
+                });
+            }
+        }
+        if !mine {
+            for (port, remote, left) in self.ports.time_waits(now) {
+                v.push(FlowInfo {
+                    id: FlowId(0),
+                    kind: FlowKind::TimeWait,
+                    transport: Transport::Tcp,
+                    local: SocketAddrV4::new(self.routes.ip(), port),
+                    remote: Some(remote),
+                    qos: Qos::BEST_EFFORT,
+                    owner: None,
+                    channel_bytes: 0,
+                    age_ms: left.as_millis() as u64,
+                });
+            }
+        }
+        v
+    }
+
+    fn stats(&mut self, who: &Who, now: Instant) -> Result<StatsReport, AppError> {
+        let lost = |d: &mut Self, e: LinkError| {
+            d.fatal = Some(e.to_string());
+            app_err(AppErrorKind::DriverUnavailable, e.to_string())
+        };
+        let flow_stats = match self
+            .driver
+            .call(&DriverRequest::FlowStats { id: None }, &[])
+        {
+            Ok(DriverReply::FlowStats(s)) => s,
+            Ok(DriverReply::Error { kind, message }) => return Err(drv_err(kind, message)),
+            Ok(_) => Vec::new(),
+            Err(e) => return Err(lost(self, e)),
+        };
+        let port = match self.driver.call(&DriverRequest::PortInfo, &[]) {
+            Ok(DriverReply::PortInfo(p)) => p,
+            Ok(DriverReply::Error { kind, message }) => return Err(drv_err(kind, message)),
+            Ok(_) => PortInfo::default(),
+            Err(e) => return Err(lost(self, e)),
+        };
+        let by_id: BTreeMap<FlowId, FlowStats> =
+            flow_stats.into_iter().map(|s| (s.id, s)).collect();
+        let flows = self
+            .listing(who, false, now)
+            .into_iter()
+            .filter(|f| matches!(f.kind, FlowKind::Flow | FlowKind::Host))
+            .map(|f| {
+                let s = by_id.get(&f.id).cloned().unwrap_or(FlowStats {
+                    id: f.id,
+                    ..FlowStats::default()
+                });
+                (f, s)
+            })
+            .collect();
+        let mut flowmgr = self.counters.list();
+        flowmgr.extend(self.host.counters().list());
+        Ok(StatsReport {
+            port,
+            flows,
+            flowmgr,
+        })
+    }
+}
+
+fn no_such_flow(fid: FlowId) -> AppError {
+    app_err(
+        AppErrorKind::NoSuchFlow,
+        format!("no flow {fid} on this connection"),
+    )
+}
+
+/// Writes as much of a client's queue as the socket takes now.
+fn flush(c: &mut Conn) -> Result<(), ()> {
+    while let Some(o) = c.out.front_mut() {
+        if o.sent == 0 {
+            let fds: Vec<BorrowedFd<'_>> = o.fds.iter().map(|f| f.as_fd()).collect();
+            match fdpass::send_fds(&c.sock, &o.bytes, &fds) {
+                Ok(n) => {
+                    o.sent = n;
+                    o.fds.clear();
+                }
+                Err(nemflow_rbuf::Error::Os { source, .. })
+                    if source.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    return Ok(())
+                }
+                Err(_) => return Err(()),
+            }
+        } else {
+            match rustix::net::send(
+                &c.sock,
+                &o.bytes[o.sent..],
+                rustix::net::SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => o.sent += n,
+                Err(rustix::io::Errno::AGAIN) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return Err(()),
+            }
+        }
+        if o.sent >= o.bytes.len() {
+            c.out_bytes -= o.bytes.len();
+            c.out.pop_front();
+        }
+    }
+    Ok(())
+}
