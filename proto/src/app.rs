@@ -488,15 +488,16 @@ mod tests {
     #[test]
     fn requests_round_trip_through_the_wire() {
         let reqs = [
-            AppRequest::Hello {
-                client: "t".into(),
-            },
+            AppRequest::Hello { client: "t".into() },
             AppRequest::Open(
-                OpenFlow::udp(5000, Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 53)))
-                    .with_buffers(Buffers {
-                        tx_bytes: 1 << 16,
-                        ..Buffers::default()
-                    }),
+                OpenFlow::udp(
+                    5000,
+                    Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 53)),
+                )
+                .with_buffers(Buffers {
+                    tx_bytes: 1 << 16,
+                    ..Buffers::default()
+                }),
             ),
             AppRequest::Open(OpenFlow::raw(0x88b5)),
             AppRequest::Close { flow: FlowId(7) },
