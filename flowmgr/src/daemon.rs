@@ -405,7 +405,8 @@ impl<D: DriverLink> Daemon<D> {
             }
         };
         let mac = config.host.mac.map(|m| m.0).unwrap_or(port.mac);
-        let reserve_ppm = (fm.reserve * 1e6).round() as u32;
+        // As the driver computes it, so that both admit exactly the same flows.
+        let reserve_ppm = (fm.reserve * 1e6) as u32;
         let admission = nemflow_sched::Scheduler::new(config.link.rate_bps, reserve_ppm)
             .map_err(|e| StartError::Config(e.to_string()))?;
         let max_frame_bytes = u32::from(config.port.max_frame_bytes);

@@ -287,7 +287,12 @@ impl Host {
             }
         };
         let ours = self.cfg.ip;
-        if a.spa == ours && a.sha != self.cfg.mac {
+        if a.sha == self.cfg.mac {
+            // Our own frame, looped back.
+            self.counters.arp_ignored += 1;
+            return None;
+        }
+        if a.spa == ours {
             self.counters.arp_conflicts += 1;
             let quiet = self
                 .last_conflict_log
@@ -578,4 +583,508 @@ impl Host {
 pub fn fmt_mac(mac: [u8; 6]) -> String {
     let [a, b, c, d, e, f] = mac;
     format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::wire::{UdpRepr, IPV4_HEADER_LEN};
+
+    const MAC: [u8; 6] = [2, 0x4e, 0x46, 0, 0, 1];
+    const PEER_MAC: [u8; 6] = [2, 0x4e, 0x46, 0xff, 0, 2];
+    const US: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+    const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+    fn host() -> Host {
+        Host::new(HostConfig {
+            ip: US,
+            prefix_len: 24,
+            mac: MAC,
+            errors_per_sec: 100,
+            errors_burst: 50,
+            echo_per_sec: 1000,
+            arp_timeout: Duration::from_secs(60),
+            arp_retry: Duration::from_millis(100),
+            arp_retries: 3,
+        })
+    }
+
+    /// Ethernet + IPv4 (checksummed) around `l4`.
+    fn ip_frame(
+        dst_mac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: IpProtocol,
+        l4: &[u8],
+        frag_offset: u16,
+        more: bool,
+    ) -> Vec<u8> {
+        let mut buf = vec![0u8; 14 + IPV4_HEADER_LEN + l4.len()];
+        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+        EthernetRepr {
+            src_addr: EthernetAddress(PEER_MAC),
+            dst_addr: EthernetAddress(dst_mac),
+            ethertype: EthernetProtocol::Ipv4,
+        }
+        .emit(&mut eth);
+        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+        Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: proto,
+            payload_len: l4.len(),
+            hop_limit: 64,
+        }
+        .emit(&mut ip, &ChecksumCapabilities::default());
+        ip.set_ident(0x4242);
+        ip.clear_flags();
+        ip.set_more_frags(more);
+        ip.set_frag_offset(frag_offset);
+        ip.payload_mut().copy_from_slice(l4);
+        ip.fill_checksum();
+        buf
+    }
+
+    fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut l4 = vec![0u8; 8 + payload.len()];
+        UdpRepr {
+            src_port: sport,
+            dst_port: dport,
+        }
+        .emit(
+            &mut UdpPacket::new_unchecked(&mut l4[..]),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            payload.len(),
+            |b| b.copy_from_slice(payload),
+            &ChecksumCapabilities::default(),
+        );
+        l4
+    }
+
+    fn tcp(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        syn: bool,
+        ack: Option<u32>,
+        rst: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut l4 = vec![0u8; 20 + payload.len()];
+        let mut t = TcpPacket::new_unchecked(&mut l4[..]);
+        t.set_src_port(40000);
+        t.set_dst_port(80);
+        t.set_seq_number(TcpSeqNumber(1000));
+        t.set_ack_number(TcpSeqNumber(ack.unwrap_or(0) as i32));
+        t.set_header_len(20);
+        t.clear_flags();
+        t.set_syn(syn);
+        t.set_ack(ack.is_some());
+        t.set_rst(rst);
+        t.set_window_len(512);
+        t.payload_mut().copy_from_slice(payload);
+        t.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+        l4
+    }
+
+    fn echo(data: &[u8]) -> Vec<u8> {
+        let mut l4 = vec![0u8; 8 + data.len()];
+        Icmpv4Repr::EchoRequest {
+            ident: 7,
+            seq_no: 9,
+            data,
+        }
+        .emit(
+            &mut Icmpv4Packet::new_unchecked(&mut l4[..]),
+            &ChecksumCapabilities::default(),
+        );
+        l4
+    }
+
+    fn run(h: &mut Host, frame: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        h.on_frame(Instant::now(), frame, |p| p == 80, &mut out);
+        out
+    }
+
+    /// The reply's IPv4 packet, checked: from us, to the peer, valid checksum, to the peer's MAC.
+    fn reply_ip(frame: &[u8]) -> Ipv4Packet<&[u8]> {
+        let eth = EthernetFrame::new_checked(frame).unwrap();
+        assert_eq!(eth.dst_addr().0, PEER_MAC);
+        assert_eq!(eth.src_addr().0, MAC);
+        let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (US, PEER));
+        ip
+    }
+
+    #[test]
+    fn answers_arp_for_us_learns_and_flags_conflicts() {
+        let mut h = host();
+        let req = arp::frame([0xff; 6], true, PEER_MAC, PEER, [0; 6], US);
+        let out = run(&mut h, &req);
+        assert_eq!(out.len(), 1);
+        let rep = arp::parse(&out[0]).unwrap();
+        assert!(!rep.request);
+        assert_eq!(
+            (rep.sha, rep.spa, rep.tha, rep.tpa),
+            (MAC, US, PEER_MAC, PEER)
+        );
+        assert_eq!(
+            h.arp().peek(PEER),
+            Some(PEER_MAC),
+            "learned from a request for us"
+        );
+        // A request for someone else: no reply, nothing created.
+        let other = arp::frame(
+            [0xff; 6],
+            true,
+            PEER_MAC,
+            Ipv4Addr::new(10, 77, 0, 3),
+            [0; 6],
+            PEER,
+        );
+        assert!(run(&mut h, &other).is_empty());
+        assert_eq!(h.arp().peek(Ipv4Addr::new(10, 77, 0, 3)), None);
+        // Someone else claims our address.
+        let claim = arp::announcement(PEER_MAC, US);
+        assert!(run(&mut h, &claim).is_empty());
+        assert_eq!(h.counters().arp_conflicts, 1);
+        // Our own announcement echoed back is not a conflict.
+        assert!(run(&mut h, &arp::announcement(MAC, US)).is_empty());
+        assert_eq!(h.counters().arp_conflicts, 1);
+        assert_eq!(h.counters().arp_replies_sent, 1);
+        assert_eq!(h.counters().arp_ignored, 2);
+    }
+
+    #[test]
+    fn resolves_with_retries() {
+        let mut h = host();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        assert_eq!(h.resolve(PEER, t0, &mut out), Lookup::Started);
+        assert_eq!(arp::parse(&out[0]).unwrap().tpa, PEER);
+        out.clear();
+        assert!(h.poll(t0 + Duration::from_millis(100), &mut out).is_empty());
+        assert_eq!(out.len(), 1, "retry");
+        let reply = arp::frame(MAC, false, PEER_MAC, PEER, MAC, US);
+        let mut none = Vec::new();
+        let news = h.on_frame(t0, &reply, |_| false, &mut none);
+        assert!(matches!(
+            news,
+            Some(ArpNews::Resolved {
+                completed: true,
+                ..
+            })
+        ));
+        assert!(none.is_empty());
+        assert_eq!(h.counters().arp_requests_sent, 2);
+    }
+
+    #[test]
+    fn echo_request_gets_a_reply() {
+        let mut h = host();
+        let f = ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Icmp,
+            &echo(b"ping data"),
+            0,
+            false,
+        );
+        let out = run(&mut h, &f);
+        assert_eq!(out.len(), 1);
+        let ip = reply_ip(&out[0]);
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!(icmp.msg_type(), Icmpv4Message::EchoReply);
+        assert_eq!((icmp.echo_ident(), icmp.echo_seq_no()), (7, 9));
+        assert_eq!(icmp.data(), b"ping data");
+        assert_eq!(h.counters().echo_replies, 1);
+    }
+
+    #[test]
+    fn closed_udp_port_gets_port_unreachable_quoting_the_datagram() {
+        let mut h = host();
+        let f = ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Udp,
+            &udp(PEER, US, 5555, 9, b"hello"),
+            0,
+            false,
+        );
+        let out = run(&mut h, &f);
+        assert_eq!(out.len(), 1);
+        let ip = reply_ip(&out[0]);
+        assert_eq!(ip.next_header(), IpProtocol::Icmp);
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!(
+            (icmp.msg_type(), icmp.msg_code()),
+            (Icmpv4Message::DstUnreachable, 3)
+        );
+        assert_eq!(
+            icmp.data(),
+            &f[14..],
+            "the whole original datagram is quoted"
+        );
+        assert_eq!(h.counters().udp_port_unreachable, 1);
+        // A long datagram is quoted up to 576 bytes in all.
+        let big = ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Udp,
+            &udp(PEER, US, 5555, 9, &[7u8; 1400]),
+            0,
+            false,
+        );
+        let out = run(&mut h, &big);
+        assert_eq!(out[0].len() - 14, ICMP_ERROR_MAX_BYTES);
+    }
+
+    #[test]
+    fn closed_tcp_port_gets_rst() {
+        let mut h = host();
+        // A SYN: RST|ACK, seq 0, ack = seq + 1.
+        let f = ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Tcp,
+            &tcp(PEER, US, true, None, false, b""),
+            0,
+            false,
+        );
+        let out = run(&mut h, &f);
+        let ip = reply_ip(&out[0]);
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(t.verify_checksum(&IpAddress::Ipv4(US), &IpAddress::Ipv4(PEER)));
+        assert!(t.rst() && t.ack() && !t.syn());
+        assert_eq!((t.src_port(), t.dst_port()), (80, 40000));
+        assert_eq!(
+            (t.seq_number(), t.ack_number()),
+            (TcpSeqNumber(0), TcpSeqNumber(1001))
+        );
+        assert_eq!(h.counters().syn_for_listener, 1, "port 80 has a listener");
+        // A segment with ACK and data: RST with seq = its ack.
+        let f = ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Tcp,
+            &tcp(PEER, US, false, Some(5000), false, b"xyz"),
+            0,
+            false,
+        );
+        let out = run(&mut h, &f);
+        let ip = reply_ip(&out[0]);
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(t.rst() && !t.ack());
+        assert_eq!(t.seq_number(), TcpSeqNumber(5000));
+        // Never an RST for an RST.
+        let f = ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Tcp,
+            &tcp(PEER, US, false, None, true, b""),
+            0,
+            false,
+        );
+        assert!(run(&mut h, &f).is_empty());
+        assert_eq!(h.counters().suppressed_rst, 1);
+        assert_eq!(h.counters().tcp_resets, 2);
+    }
+
+    #[test]
+    fn never_answers_what_rfc_1122_forbids() {
+        let mut h = host();
+        let u = |src, dst| udp(src, dst, 1, 9, b"x");
+        // Broadcast and multicast destinations (IP or MAC).
+        let bc = Ipv4Addr::new(10, 77, 0, 255);
+        for (mac, dst) in [
+            ([0xff; 6], Ipv4Addr::BROADCAST),
+            ([0xff; 6], bc),
+            ([1, 0, 0x5e, 0, 0, 1], Ipv4Addr::new(224, 0, 0, 1)),
+            ([0xff; 6], US),
+        ] {
+            assert!(run(
+                &mut h,
+                &ip_frame(mac, PEER, dst, IpProtocol::Udp, &u(PEER, dst), 0, false)
+            )
+            .is_empty());
+        }
+        assert_eq!(h.counters().suppressed_broadcast, 4);
+        // Echo to a broadcast: no reply either.
+        assert!(run(
+            &mut h,
+            &ip_frame([0xff; 6], PEER, bc, IpProtocol::Icmp, &echo(b""), 0, false)
+        )
+        .is_empty());
+        assert_eq!(h.counters().suppressed_broadcast, 5);
+        // Invalid sources.
+        for src in [
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(224, 1, 1, 1),
+            Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(240, 0, 0, 1),
+            US,
+            bc,
+            Ipv4Addr::new(10, 77, 0, 0),
+        ] {
+            assert!(run(
+                &mut h,
+                &ip_frame(MAC, src, US, IpProtocol::Udp, &u(src, US), 0, false)
+            )
+            .is_empty());
+        }
+        assert_eq!(h.counters().suppressed_invalid_source, 7);
+        // A later fragment.
+        assert!(run(
+            &mut h,
+            &ip_frame(
+                MAC,
+                PEER,
+                US,
+                IpProtocol::Udp,
+                b"no header here..",
+                8,
+                false
+            )
+        )
+        .is_empty());
+        assert_eq!(h.counters().suppressed_fragment, 1);
+        // A first fragment of UDP may be answered (RFC 1122 forbids only later ones).
+        let first = ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Udp,
+            &udp(PEER, US, 1, 9, &[0; 16]),
+            0,
+            true,
+        );
+        assert_eq!(run(&mut h, &first).len(), 1);
+        // ICMP errors are never answered.
+        let mut err = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
+        err.extend_from_slice(&first[14..42]);
+        let mut p = Icmpv4Packet::new_unchecked(&mut err[..]);
+        p.fill_checksum();
+        assert!(run(
+            &mut h,
+            &ip_frame(MAC, PEER, US, IpProtocol::Icmp, &err, 0, false)
+        )
+        .is_empty());
+        assert_eq!(h.counters().icmp_errors_received, 1);
+        // For another host (promiscuous delivery).
+        let other = Ipv4Addr::new(10, 77, 0, 9);
+        assert!(run(
+            &mut h,
+            &ip_frame(MAC, PEER, other, IpProtocol::Udp, &u(PEER, other), 0, false)
+        )
+        .is_empty());
+        assert_eq!(h.counters().not_for_us, 1);
+        assert_eq!(h.counters().udp_port_unreachable, 1);
+    }
+
+    #[test]
+    fn unknown_protocol_gets_protocol_unreachable() {
+        let mut h = host();
+        let out = run(
+            &mut h,
+            &ip_frame(
+                MAC,
+                PEER,
+                US,
+                IpProtocol::Unknown(253),
+                b"abcdefgh",
+                0,
+                false,
+            ),
+        );
+        let ip = reply_ip(&out[0]);
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!(
+            (icmp.msg_type(), icmp.msg_code()),
+            (Icmpv4Message::DstUnreachable, 2)
+        );
+        assert_eq!(h.counters().proto_unreachable, 1);
+    }
+
+    #[test]
+    fn errors_are_rate_limited_and_counted() {
+        let mut h = host();
+        let f = ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Udp,
+            &udp(PEER, US, 1, 9, b"x"),
+            0,
+            false,
+        );
+        let t = Instant::now();
+        let mut out = Vec::new();
+        for _ in 0..80 {
+            h.on_frame(t, &f, |_| false, &mut out);
+        }
+        assert_eq!(out.len(), 50, "the burst");
+        assert_eq!(h.counters().errors_rate_limited, 30);
+        // A second later the bucket has refilled by the rate (100/s), capped at the burst.
+        out.clear();
+        for _ in 0..80 {
+            h.on_frame(t + Duration::from_secs(1), &f, |_| false, &mut out);
+        }
+        assert_eq!(out.len(), 50);
+        assert_eq!(h.counters().udp_port_unreachable, 100);
+    }
+
+    #[test]
+    fn damaged_frames_are_counted_never_answered() {
+        let mut h = host();
+        let good = ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Udp,
+            &udp(PEER, US, 1, 9, b"payload"),
+            0,
+            false,
+        );
+        let mut bad_sum = good.clone();
+        let n = bad_sum.len();
+        bad_sum[n - 1] ^= 0xff; // UDP checksum no longer matches
+        assert!(run(&mut h, &bad_sum).is_empty());
+        assert_eq!(h.counters().malformed, 1);
+        let mut bad_ip = good.clone();
+        bad_ip[14 + 10] ^= 0xff; // IP header checksum
+        assert!(run(&mut h, &bad_ip).is_empty());
+        for cut in 0..good.len() {
+            assert!(run(&mut h, &good[..cut]).is_empty(), "cut at {cut}");
+        }
+        let tcp_good = ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Tcp,
+            &tcp(PEER, US, true, None, false, b""),
+            0,
+            false,
+        );
+        for cut in 0..tcp_good.len() {
+            assert!(run(&mut h, &tcp_good[..cut]).is_empty(), "cut at {cut}");
+        }
+        assert_eq!(
+            h.counters().udp_port_unreachable + h.counters().tcp_resets,
+            0
+        );
+        assert_eq!(
+            h.counters().rx_frames,
+            h.counters().malformed + h.counters().other_ethertype
+        );
+    }
 }
