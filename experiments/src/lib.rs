@@ -3,5 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod capture;
+pub mod pacer;
 pub mod plot;
 pub mod series;
