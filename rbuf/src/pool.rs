@@ -1,6 +1,8 @@
-//! The master's buffer allocator: the data area cut into equal buffers of
-//! [`ChannelSpec::buffer_bytes`](crate::ChannelSpec::buffer_bytes), a free stack, and each buffer's
-//! owner. The master uses it to check what the peer hands back, too.
+//! The master's buffer allocator: the data area cut into equal buffers spaced
+//! [`ChannelSpec::buffer_bytes`](crate::ChannelSpec::buffer_bytes) apart (cache-line aligned),
+//! each usable for `max_packet_bytes` (so that every buffer handed out is an iorec the peer will
+//! accept), a free stack, and each buffer's owner. The master uses it to check what the peer hands
+//! back, too.
 
 use crate::error::{Error, IoRecError, Result};
 use crate::iorec::{Extent, IoRec};
@@ -13,24 +15,29 @@ const OUT: u8 = 2;
 
 #[derive(Debug)]
 pub(crate) struct Pool {
+    /// Distance between buffer starts.
     buf_bytes: u32,
+    /// Usable bytes of each buffer (≤ `buf_bytes`).
+    buf_len: u32,
     state: Vec<u8>,
     free: Vec<u32>,
 }
 
 impl Pool {
-    pub(crate) fn new(data_bytes: u64, buf_bytes: u32) -> Self {
+    pub(crate) fn new(data_bytes: u64, buf_bytes: u32, buf_len: u32) -> Self {
         let n = (data_bytes / u64::from(buf_bytes.max(1))) as u32;
         // Lowest offsets on top of the stack, so a fresh channel fills the area from its start.
         Pool {
             buf_bytes,
+            buf_len: buf_len.min(buf_bytes),
             state: vec![FREE; n as usize],
             free: (0..n).rev().collect(),
         }
     }
 
-    pub(crate) fn buf_bytes(&self) -> u32 {
-        self.buf_bytes
+    /// Usable bytes of one buffer.
+    pub(crate) fn buf_len(&self) -> u32 {
+        self.buf_len
     }
 
     pub(crate) fn buffers(&self) -> usize {
@@ -49,7 +56,7 @@ impl Pool {
     }
 
     fn extent(&self, b: u32) -> Extent {
-        Extent::new(b * self.buf_bytes, self.buf_bytes)
+        Extent::new(b * self.buf_bytes, self.buf_len)
     }
 
     /// The buffer `e` lies in, if it lies entirely inside one.
@@ -57,7 +64,7 @@ impl Pool {
         let b = e.offset / self.buf_bytes;
         let start = b.checked_mul(self.buf_bytes)?;
         let end = e.offset.checked_add(e.len)?;
-        let buf_end = start.checked_add(self.buf_bytes)?;
+        let buf_end = start.checked_add(self.buf_len)?;
         ((b as usize) < self.state.len() && end <= buf_end).then_some(b)
     }
 
@@ -134,7 +141,7 @@ mod tests {
 
     #[test]
     fn lifecycle_and_foreign_extents() {
-        let mut p = Pool::new(4096, 1024);
+        let mut p = Pool::new(4096, 1024, 1024);
         assert_eq!(p.buffers(), 4);
         let a = p.alloc().unwrap();
         assert_eq!(a, Extent::new(0, 1024));

@@ -66,7 +66,7 @@ impl Consumer {
         Ok(Consumer {
             empty: ProdCursor::new(core.empty, 0),
             full: ConsCursor::new(core.full, 0),
-            pool: Pool::new(spec.data_bytes, spec.buffer_bytes()),
+            pool: Pool::new(spec.data_bytes, spec.buffer_bytes(), spec.max_packet_bytes),
             core,
             waker,
         })

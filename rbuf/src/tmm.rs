@@ -36,7 +36,7 @@ impl Producer {
         Ok(Producer {
             full: ProdCursor::new(core.full, 0),
             empty: ConsCursor::new(core.empty, 0),
-            pool: Pool::new(spec.data_bytes, spec.buffer_bytes()),
+            pool: Pool::new(spec.data_bytes, spec.buffer_bytes(), spec.max_packet_bytes),
             core,
             waker,
         })
@@ -46,7 +46,7 @@ impl Producer {
     /// `Ok(None)`: every buffer is in flight. The extent covers `len` bytes at the buffer's start.
     pub fn alloc(&mut self, len: usize) -> Result<Option<Extent>> {
         self.core.check()?;
-        let max = self.pool.buf_bytes() as usize;
+        let max = self.pool.buf_len() as usize;
         if len > max {
             return Err(Error::TooLarge {
                 requested: len,
@@ -202,7 +202,7 @@ impl Producer {
 
     /// Size of each buffer.
     pub fn buffer_bytes(&self) -> usize {
-        self.pool.buf_bytes() as usize
+        self.pool.buf_len() as usize
     }
 }
 
