@@ -234,8 +234,7 @@ impl StackCounters {
     pub fn unaccounted_frames(&self) -> i64 {
         let eth = self.channel.rx_frames as i64 - (self.eth.dropped() + self.eth.rx_up) as i64;
         let ip = self.eth.rx_up as i64
-            - (self.ipv4.dropped() + self.ipv4.rx_up + self.ipv4.icmp + self.ipv4.fragments)
-                as i64;
+            - (self.ipv4.dropped() + self.ipv4.rx_up + self.ipv4.icmp + self.ipv4.fragments) as i64;
         let icmp = self.ipv4.icmp as i64 - (self.icmp.dropped() + self.icmp.passed_up) as i64;
         let icmp_udp = self.icmp.passed_up as i64
             - (self.udp.icmp_delivered + self.udp.icmp_not_for_flow) as i64;

@@ -349,10 +349,7 @@ impl UdpFlow {
         };
         let mut kind = rep.kind;
         if let IcmpErrorKind::FragNeeded { mtu } = rep.kind {
-            let m = self
-                .stack
-                .lower_mut()
-                .update_path_mtu(rep.quoted_dst, mtu);
+            let m = self.stack.lower_mut().update_path_mtu(rep.quoted_dst, mtu);
             kind = IcmpErrorKind::FragNeeded { mtu: m };
         }
         if self.errors.len() >= self.error_capacity {
@@ -379,12 +376,10 @@ impl UdpFlow {
                 })
             }
             IcmpErrorKind::FragNeeded { mtu } => {
-                self.ip()
-                    .dont_fragment()
-                    .then_some(Error::MessageTooLong {
-                        dst: *ev.dst.ip(),
-                        mtu,
-                    })
+                self.ip().dont_fragment().then_some(Error::MessageTooLong {
+                    dst: *ev.dst.ip(),
+                    mtu,
+                })
             }
             IcmpErrorKind::TimeExceeded(_) => None,
             _ => Some(Error::Unreachable {
@@ -640,7 +635,9 @@ impl TxBuf<'_> {
             if src.is_empty() {
                 break;
             }
-            let Some(seg) = self.segment_mut(i) else { break };
+            let Some(seg) = self.segment_mut(i) else {
+                break;
+            };
             let seg_end = seg_start + seg.len();
             if at < seg_end {
                 let from = at - seg_start;

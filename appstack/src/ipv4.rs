@@ -225,9 +225,7 @@ impl<L: Layer> Ipv4<L> {
     }
 
     fn dst_of(&self, dst: &TxDst) -> Ipv4Addr {
-        dst.ip
-            .or(self.remote)
-            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+        dst.ip.or(self.remote).unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 
     fn accepts_dst(&self, dst: Ipv4Addr) -> bool {
@@ -368,9 +366,9 @@ impl<L: Layer> Layer for Ipv4<L> {
         for i in 0..n {
             let f = pkt.frames[i];
             let off = pkt.offset(i);
-            let start = off
-                .checked_sub(h)
-                .ok_or_else(|| Error::InvalidSetup("packet has no room for the IPv4 header".into()))?;
+            let start = off.checked_sub(h).ok_or_else(|| {
+                Error::InvalidSetup("packet has no room for the IPv4 header".into())
+            })?;
             let data_len = f.len.saturating_sub(off) as usize;
             let hdr = self.lower.tx_bytes_mut(Extent::new(f.offset + start, h))?;
             hdr.copy_from_slice(&self.template);

@@ -382,7 +382,10 @@ mod tests {
         let d = data(24, 1);
         assert!(r.insert(key(1), 0, true, &d[..8], t).is_none());
         assert!(r.insert(key(1), 16, false, &d[16..], t).is_none());
-        assert_eq!(r.insert(key(1), 8, true, &d[8..16], t).as_deref(), Some(&d[..]));
+        assert_eq!(
+            r.insert(key(1), 8, true, &d[8..16], t).as_deref(),
+            Some(&d[..])
+        );
     }
 
     #[test]

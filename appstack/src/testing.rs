@@ -176,6 +176,41 @@ impl DriverEnds {
     }
 }
 
+impl DriverEnds {
+    /// Like [`pump_to`](Self::pump_to), but only while `to` has an empty buffer: nothing is
+    /// dropped, frames wait in this flow's TX FIFO (back-pressure). Returns frames moved.
+    pub fn forward_lossless(&mut self, to: &mut DriverEnds) -> Result<usize> {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut moved = 0;
+        while to.rx.ready()? {
+            let Some(rec) = self.tx.pop()? else { break };
+            let n = self.tx.copy_out(&rec, &mut buf)?;
+            to.inject(&buf[..n])?;
+            self.tx.release(rec)?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+}
+
+/// A thread playing the wire between two flows in both directions, without loss, until `stop`;
+/// returns the driver ends when joined.
+pub fn spawn_wire(
+    mut a: DriverEnds,
+    mut b: DriverEnds,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<(DriverEnds, DriverEnds)>> {
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let n = a.forward_lossless(&mut b)? + b.forward_lossless(&mut a)?;
+            if n == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
+        Ok((a, b))
+    })
+}
+
 /// Fuzz body shared by `fuzz/fuzz_targets/rx_frames.rs` and the corpus replay test: a fresh
 /// flow (byte 0 chooses connected or not, byte 1 the MTU and reassembly limits) receives the
 /// frames in the rest of `data` (each a 2-byte big-endian length then the bytes; a length with
@@ -246,7 +281,14 @@ pub fn fuzz_rx(data: &[u8]) {
     }
     let c = flow.counters();
     assert_eq!(c.channel.rx_frames, injected, "every injected frame popped");
-    assert_eq!(c.unaccounted_frames(), 0, "one disposition per frame: {c:#?}");
-    assert_eq!(c.udp.rx_up, delivered, "every datagram passed up was delivered");
+    assert_eq!(
+        c.unaccounted_frames(),
+        0,
+        "one disposition per frame: {c:#?}"
+    );
+    assert_eq!(
+        c.udp.rx_up, delivered,
+        "every datagram passed up was delivered"
+    );
     while flow.take_error().is_some() {}
 }

@@ -48,7 +48,11 @@ pub(crate) fn wait_rx(chan: &mut FlowChannels, deadline: Option<Instant>) -> Res
 /// Sleeps until the driver made TX progress, or for one step. `need` > 1 buffers: the channel
 /// wakes on the first one returned, so this polls gently instead of spinning (rbuf has no
 /// "wait for n free buffers").
-pub(crate) fn wait_tx(chan: &mut FlowChannels, deadline: Option<Instant>, need: usize) -> Result<()> {
+pub(crate) fn wait_tx(
+    chan: &mut FlowChannels,
+    deadline: Option<Instant>,
+    need: usize,
+) -> Result<()> {
     let s = step(deadline)?;
     let t0 = Instant::now();
     match chan.wait_tx(s) {

@@ -3,6 +3,8 @@
 //! script, values written out here) and are cross-checked with two independent checksum
 //! routines (testkit's and smoltcp's) on the emitted bytes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, not only #[test] fns
+
 use std::net::SocketAddrV4;
 
 use nemflow_appstack::testing::{self, IP_A, IP_B, MAC_A, MAC_B, PORT_A, PORT_B};
@@ -19,7 +21,8 @@ const ETH_A_TO_B: [u8; 14] = [
 /// "hello" from 10.9.0.1:5001 to 10.9.0.2:6002, IP id 0x1234.
 const HELLO: [u8; 47] = [
     0x02, 0x4e, 0x46, 0x00, 0x00, 0x0b, 0x02, 0x4e, 0x46, 0x00, 0x00, 0x0a, 0x08, 0x00, //
-    0x45, 0x00, 0x00, 0x21, 0x12, 0x34, 0x00, 0x00, 0x40, 0x11, 0x54, 0x84, // IPv4, csum 0x5484
+    0x45, 0x00, 0x00, 0x21, 0x12, 0x34, 0x00, 0x00, 0x40, 0x11, 0x54,
+    0x84, // IPv4, csum 0x5484
     0x0a, 0x09, 0x00, 0x01, 0x0a, 0x09, 0x00, 0x02, //
     0x13, 0x89, 0x17, 0x72, 0x00, 0x0d, 0x7c, 0xf2, // UDP, len 13, csum 0x7cf2
     b'h', b'e', b'l', b'l', b'o',
@@ -52,8 +55,14 @@ fn b() -> SocketAddrV4 {
 
 /// Checks a frame's IPv4 checksum with testkit's routine and smoltcp's.
 fn assert_ip_checksum(frame: &[u8]) {
-    assert_eq!(internet_checksum(&frame[14..34]), 0, "testkit: IPv4 header sums to 0xffff");
-    assert!(Ipv4Packet::new_checked(&frame[14..]).unwrap().verify_checksum());
+    assert_eq!(
+        internet_checksum(&frame[14..34]),
+        0,
+        "testkit: IPv4 header sums to 0xffff"
+    );
+    assert!(Ipv4Packet::new_checked(&frame[14..])
+        .unwrap()
+        .verify_checksum());
 }
 
 #[test]
@@ -116,7 +125,10 @@ fn unconnected_send_to_patches_destination() {
         flow.send_to(b"hello", b()),
         Err(nemflow_appstack::Error::NoNeighbour(ip)) if ip == IP_B
     ));
-    assert!(matches!(flow.send(b"x"), Err(nemflow_appstack::Error::NotConnected)));
+    assert!(matches!(
+        flow.send(b"x"),
+        Err(nemflow_appstack::Error::NotConnected)
+    ));
     flow.add_neighbour(IP_B, MAC_B);
     flow.send_to(b"hello", b()).unwrap();
     let frames = drv.take_frames().unwrap();

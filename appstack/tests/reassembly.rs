@@ -1,6 +1,8 @@
 //! Reassembly on the receive path, fed with hand-built fragments: overlapping, duplicate,
 //! missing and oversize fragments, the timeout, and the memory bound under a flood.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, not only #[test] fns
+
 mod common;
 
 use std::net::SocketAddrV4;
@@ -117,7 +119,10 @@ fn missing_fragment_times_out_and_frees_memory() {
     inject(&mut drv, 3, frags[2].0, frags[2].1, &frags[2].2);
     assert!(recv_all(&mut flow).is_empty());
     let held = flow.stack().lower().reassembler().bytes_in_use();
-    assert_eq!(held, frags[0].2.len() + frags[2].2.len() + 2 * FRAGMENT_OVERHEAD);
+    assert_eq!(
+        held,
+        frags[0].2.len() + frags[2].2.len() + 2 * FRAGMENT_OVERHEAD
+    );
     secs.store(29, Ordering::Relaxed);
     assert!(recv_all(&mut flow).is_empty());
     assert_eq!(flow.stack().lower().reassembler().in_progress(), 1);
@@ -147,7 +152,11 @@ fn oversize_fragments_are_refused() {
     let c = flow.counters();
     assert_eq!(c.reasm.oversize, 1);
     let r = flow.stack().lower().reassembler();
-    assert_eq!(r.in_progress(), 1, "datagram 4 was discarded, 5 is in progress");
+    assert_eq!(
+        r.in_progress(),
+        1,
+        "datagram 4 was discarded, 5 is in progress"
+    );
     assert_eq!(c.unaccounted_frames(), 0);
 }
 
@@ -166,7 +175,11 @@ fn flood_of_incomplete_datagrams_stays_within_bounds() {
         inject(&mut drv, id, 1480, true, &junk);
         assert!(recv_all(&mut flow).is_empty());
         let r = flow.stack().lower().reassembler();
-        assert!(r.bytes_in_use() <= limits.max_bytes, "{} bytes held", r.bytes_in_use());
+        assert!(
+            r.bytes_in_use() <= limits.max_bytes,
+            "{} bytes held",
+            r.bytes_in_use()
+        );
         assert!(r.in_progress() <= limits.max_datagrams);
     }
     let r = flow.stack().lower().reassembler();

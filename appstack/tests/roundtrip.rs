@@ -2,6 +2,8 @@
 //! A's TX consumer, pushes into B's RX producer), B receives. Payloads of every size the stack
 //! accepts (0..=65 507) at several MTUs, fragmentation included.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers, not only #[test] fns
+
 use nemflow_appstack::testing::{self, DriverEnds, IP_A, PORT_A};
 use nemflow_appstack::{Error, ReassemblyLimits, UdpFlow, MAX_UDP_PAYLOAD};
 use proptest::prelude::*;
@@ -47,7 +49,18 @@ fn boundary_sizes_at_several_mtus() {
     for mtu in [576u16, 1000, 1280, 1500] {
         let ((mut a, mut da), (mut b, mut db)) = pair(mtu);
         let one_frame = usize::from(mtu) - 28;
-        for len in [0, 1, 7, 8, one_frame - 1, one_frame, one_frame + 1, 2 * one_frame + 5, 65_000, MAX_UDP_PAYLOAD] {
+        for len in [
+            0,
+            1,
+            7,
+            8,
+            one_frame - 1,
+            one_frame,
+            one_frame + 1,
+            2 * one_frame + 5,
+            65_000,
+            MAX_UDP_PAYLOAD,
+        ] {
             let data = payload(len, len as u8);
             let got = round_trip(&mut a, &mut da, &mut b, &mut db, &data);
             assert_eq!(got.len(), len, "mtu {mtu} len {len}");
@@ -55,7 +68,10 @@ fn boundary_sizes_at_several_mtus() {
         }
         assert!(matches!(
             a.send(&payload(MAX_UDP_PAYLOAD + 1, 0)),
-            Err(Error::TooLong { max: MAX_UDP_PAYLOAD, .. })
+            Err(Error::TooLong {
+                max: MAX_UDP_PAYLOAD,
+                ..
+            })
         ));
         let c = b.counters();
         assert_eq!(c.unaccounted_frames(), 0, "{c:#?}");
@@ -132,8 +148,15 @@ fn blocking_receive_times_out_and_wakes() {
     a.send(b"wake").unwrap();
     da.pump_to(&mut db).unwrap();
     let mut fds = [PollFd::new(&b, PollFlags::IN)];
-    let ts = Timespec { tv_sec: 1, tv_nsec: 0 };
-    assert_eq!(poll(&mut fds, Some(&ts)).unwrap(), 1, "the RX eventfd became readable");
+    let ts = Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    assert_eq!(
+        poll(&mut fds, Some(&ts)).unwrap(),
+        1,
+        "the RX eventfd became readable"
+    );
     b.finish_wait();
     let mut buf = [0u8; 10];
     assert_eq!(b.recv(&mut buf).unwrap().0, 4);

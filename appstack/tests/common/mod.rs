@@ -77,7 +77,14 @@ pub fn cut(ip_payload: &[u8], per: usize) -> Vec<(usize, bool, Vec<u8>)> {
 
 /// An ICMP error (type, code, the 4 "rest of header" bytes) from `src` to `dst` quoting `quoted`
 /// (the offending datagram's IP header and first bytes).
-pub fn icmp_frame(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+pub fn icmp_frame(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
     let mut m = vec![ty, code, 0, 0];
     m.extend_from_slice(&rest);
     m.extend_from_slice(quoted);

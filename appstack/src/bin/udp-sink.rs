@@ -1,0 +1,94 @@
+//! Receives UDP datagrams, logging each one's size and arrival time, optionally spending CPU per
+//! datagram on a schedule (the paper's overloaded receiver).
+
+use std::io::{BufWriter, Write};
+use std::net::SocketAddrV4;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::Parser;
+use nemflow_appstack::apps::{self, FlowRequest, SinkOptions, Slowdown};
+use nemflow_proto::Qos;
+
+/// Receive UDP datagrams on a nemflow flow and log one line per datagram to stdout:
+/// `arrival_ns size seq`. Optionally spend CPU per datagram, more of it every N datagrams.
+#[derive(Debug, Parser)]
+#[command(name = "udp-sink", version)]
+struct Args {
+    /// Local UDP port to receive on.
+    #[arg(long)]
+    port: u16,
+    /// Only accept datagrams from this address and port (a connected flow).
+    #[arg(long)]
+    remote: Option<SocketAddrV4>,
+    /// Stop after this many datagrams.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Processing time per datagram in microseconds (busy).
+    #[arg(long, default_value_t = 0)]
+    cost_us: u64,
+    /// Every this many datagrams, slow down (e.g. 20000).
+    #[arg(long)]
+    slow_every: Option<u64>,
+    /// How many datagrams each slowdown lasts.
+    #[arg(long, default_value_t = 1000)]
+    slow_packets: u64,
+    /// Processing time per datagram during a slowdown, in microseconds.
+    #[arg(long, default_value_t = 1000)]
+    slow_cost_us: u64,
+    /// Do not log each datagram, only the summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    let req = FlowRequest {
+        local_port: a.port,
+        remote: a.remote,
+        qos: Qos::BEST_EFFORT,
+    };
+    let mut flow = match apps::open_flow(&req) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("udp-sink: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = SinkOptions {
+        count: a.count,
+        duration: a.seconds.map(Duration::from_secs_f64),
+        cost: Duration::from_micros(a.cost_us),
+        slowdown: a.slow_every.map(|every| Slowdown {
+            every,
+            packets: a.slow_packets,
+            cost: Duration::from_micros(a.slow_cost_us),
+        }),
+    };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut sink_log = std::io::sink();
+    let log: &mut dyn Write = if a.quiet { &mut sink_log } else { &mut out };
+    match apps::sink(&mut flow, &opts, &AtomicBool::new(false), log) {
+        Ok(r) => {
+            let _ = out.flush();
+            eprintln!(
+                "received {} datagrams, {} bytes in {:.3} s (lost {}, reordered {})",
+                r.datagrams,
+                r.bytes,
+                r.elapsed.as_secs_f64(),
+                r.lost,
+                r.reordered
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("udp-sink: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
