@@ -217,15 +217,15 @@ pub fn spawn_wire(
 /// the top bit set advances the clock by its low bits in seconds instead). Nothing may panic,
 /// every frame must have exactly one disposition in the counters, and reassembly must stay
 /// within its bounds.
-pub fn fuzz_rx(data: &[u8]) {
+pub fn fuzz_rx(data: &[u8]) -> Option<FuzzOutcome> {
     if data.len() < 2 {
-        return;
+        return None;
     }
     let connected = data[0] & 1 == 1;
     let mtu = [1500u16, 576, 68, 1000][usize::from(data[1] & 3)];
     let limits = ReassemblyLimits {
         max_bytes: [512 * 1024, 70_000, 4096, 100][usize::from((data[1] >> 2) & 3)],
-        max_datagrams: usize::from((data[1] >> 4) & 7),
+        max_datagrams: 1 + usize::from((data[1] >> 4) & 7),
         timeout: std::time::Duration::from_secs(30),
     };
     let local = SocketAddrV4::new(IP_A, PORT_A);
@@ -236,7 +236,7 @@ pub fn fuzz_rx(data: &[u8]) {
         fib(local, MAC_A, None, None, mtu)
     };
     let Ok((mut flow, mut drv)) = udp_flow(f, 64, config(7, limits)) else {
-        return;
+        return None;
     };
     flow.set_nonblocking(true);
     let t0 = Instant::now();
@@ -249,6 +249,7 @@ pub fn fuzz_rx(data: &[u8]) {
     let mut buf = vec![0u8; 1 << 16];
     let mut delivered = 0u64;
     let mut injected = 0u64;
+    let mut refused = 0u64;
     while rest.len() >= 2 {
         let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
         rest = &rest[2..];
@@ -271,7 +272,7 @@ pub fn fuzz_rx(data: &[u8]) {
                     crate::Error::ConnectionRefused { .. }
                     | crate::Error::Unreachable { .. }
                     | crate::Error::MessageTooLong { .. },
-                ) => {}
+                ) => refused += 1,
                 Err(e) => panic!("unexpected receive error: {e}"),
             }
         }
@@ -290,5 +291,27 @@ pub fn fuzz_rx(data: &[u8]) {
         c.udp.rx_up, delivered,
         "every datagram passed up was delivered"
     );
-    while flow.take_error().is_some() {}
+    let mut events = 0;
+    while flow.take_error().is_some() {
+        events += 1;
+    }
+    Some(FuzzOutcome {
+        delivered,
+        refused,
+        events,
+        counters: c,
+    })
+}
+
+/// What one [`fuzz_rx`] run saw, for tests of the seeds.
+#[derive(Debug, Clone, Copy)]
+pub struct FuzzOutcome {
+    /// Datagrams delivered to the application.
+    pub delivered: u64,
+    /// `recv` calls that reported an ICMP error (connected flows).
+    pub refused: u64,
+    /// ICMP error events queued.
+    pub events: u64,
+    /// The flow's counters at the end.
+    pub counters: crate::StackCounters,
 }
