@@ -94,6 +94,24 @@ pub fn channels(fib: Fib, slots: u32) -> Result<(FlowChannels, DriverEnds)> {
     Ok((app, drv))
 }
 
+/// The bare app-side endpoints of a flow's channels (no stack), with the driver ends: the
+/// benchmark's anchor for what the channel alone costs.
+pub fn bare_endpoints(slots: u32) -> Result<(tmm::Producer, rmm::Consumer, DriverEnds)> {
+    let s = spec(slots);
+    let tx = create(&s)?;
+    let rx = create(&s)?;
+    let drv = DriverEnds {
+        tx: tmm::Consumer::attach(&s, tx.with_read_only_data()?)?,
+        rx: rmm::Producer::attach(&s, rx.try_clone()?)?,
+        rx_dropped: 0,
+        max_frame: s.max_packet_bytes as usize,
+    };
+    let app_tx = tmm::Producer::attach(&s, tx)?;
+    let mut app_rx = rmm::Consumer::attach(&s, rx.with_read_only_data()?)?;
+    app_rx.post_free()?;
+    Ok((app_tx, app_rx, drv))
+}
+
 /// A UDP flow over fresh channels, with its driver ends.
 pub fn udp_flow(fib: Fib, slots: u32, cfg: FlowConfig) -> Result<(UdpFlow, DriverEnds)> {
     let (ch, drv) = channels(fib, slots)?;
