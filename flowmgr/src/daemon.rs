@@ -18,7 +18,7 @@ use nemflow_proto::ctl::{DriverReply, DriverRequest, ErrorKind as DrvErr, FlowSt
 use nemflow_proto::flow::{ip_proto, Fib, Filter, FlowId, Qos, Template, TemplateKind};
 use nemflow_proto::wire::{self, Decoder, WireError};
 use nemflow_rbuf::spec::{MAX_SLOTS, PAGE_BYTES};
-use nemflow_rbuf::{fdpass, rmm, tmm, ChannelSpec, IoRec};
+use nemflow_rbuf::{fdpass, rmm, tmm, ChannelFds, ChannelSpec, IoRec};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::arp::{ArpNews, Lookup};
@@ -276,7 +276,17 @@ pub struct Daemon<D: DriverLink> {
     tx: Vec<Vec<u8>>,
     /// Set when the driver link failed: the loop ends with this error.
     fatal: Option<String>,
+    /// Flows to remove once the current reply is sent.
+    deferred: Vec<FlowId>,
+    /// Channels created ahead of time for flows of the default geometry: (tx, rx, rx
+    /// read-only). Creating a channel costs tens of µs of system calls; the pool takes that
+    /// off the open path and is refilled after each turn.
+    spare: Vec<(ChannelFds, ChannelFds, ChannelFds)>,
+    default_spec: ChannelSpec,
 }
+
+/// Channel pairs kept ready.
+const SPARE_CHANNELS: usize = 4;
 
 /// Binds the application socket at `path` with permissions `mode`: creates its directory, and
 /// replaces a stale socket file but never one another flow manager still serves.
@@ -513,7 +523,14 @@ impl<D: DriverLink> Daemon<D> {
             counters: Counters::default(),
             tx: Vec::new(),
             fatal: None,
+            deferred: Vec::new(),
+            spare: Vec::new(),
+            default_spec: spec,
         };
+        d.default_spec = d
+            .channel_spec(0, 0, "default")
+            .map_err(|e| StartError::Config(e.message))?;
+        d.refill();
         d.host.announce(&mut d.tx);
         d.transmit();
         tracing::info!(
@@ -685,7 +702,44 @@ impl<D: DriverLink> Daemon<D> {
             self.disconnect(cid, true);
         }
         self.transmit();
+        self.refill();
         Ok(false)
+    }
+
+    /// Tops the pool of ready channels up.
+    fn refill(&mut self) {
+        while self.spare.len() < SPARE_CHANNELS {
+            let make = || -> Result<_, nemflow_rbuf::Error> {
+                let tx = nemflow_rbuf::create(&self.default_spec)?;
+                let rx = nemflow_rbuf::create(&self.default_spec)?;
+                let ro = rx.with_read_only_data()?;
+                Ok((tx, rx, ro))
+            };
+            match make() {
+                Ok(c) => self.spare.push(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create spare channels");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Channels for a flow: from the pool when the geometry is the default one.
+    fn channels(
+        &mut self,
+        tx: &ChannelSpec,
+        rx: &ChannelSpec,
+    ) -> Result<(ChannelFds, ChannelFds, ChannelFds), nemflow_rbuf::Error> {
+        if *tx == self.default_spec && *rx == self.default_spec {
+            if let Some(c) = self.spare.pop() {
+                return Ok(c);
+            }
+        }
+        let t = nemflow_rbuf::create(tx)?;
+        let r = nemflow_rbuf::create(rx)?;
+        let ro = r.with_read_only_data()?;
+        Ok((t, r, ro))
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -845,7 +899,12 @@ impl<D: DriverLink> Daemon<D> {
                 (Ok(req), None) => self.handle(&who, req, now),
             };
             match outcome {
-                Some(r) => self.reply(cid, r),
+                Some(r) => {
+                    self.reply(cid, r);
+                    for fid in std::mem::take(&mut self.deferred) {
+                        self.teardown(fid, true);
+                    }
+                }
                 None => {
                     if let Some(c) = self.clients.get_mut(&cid) {
                         c.parked = true;
@@ -1050,10 +1109,12 @@ impl<D: DriverLink> Daemon<D> {
                 if !owned {
                     return plain(Err(no_such_flow(flow)));
                 }
-                self.teardown(flow, true);
                 if let Some(c) = self.clients.get_mut(&who.cid) {
                     c.flows.remove(&flow);
                 }
+                // Removed right after the reply is on its way: the app need not wait for the
+                // driver, and nothing else is served before the removal is complete.
+                self.deferred.push(flow);
                 self.counters.flows_closed += 1;
                 plain(Ok(AppReply::Ok))
             }
@@ -1337,9 +1398,7 @@ impl<D: DriverLink> Daemon<D> {
             }
             (_, None) => return Err(app_err(AppErrorKind::Invalid, "IP flow without a port")),
         };
-        let tx = nemflow_rbuf::create(&p.tx).map_err(no_mem)?;
-        let rx = nemflow_rbuf::create(&p.rx).map_err(no_mem)?;
-        let app_rx = rx.with_read_only_data().map_err(no_mem)?;
+        let (tx, rx, app_rx) = self.channels(&p.tx, &p.rx).map_err(no_mem)?;
         let req = DriverRequest::InstallFlow {
             id: p.id,
             filter,

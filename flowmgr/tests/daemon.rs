@@ -96,7 +96,11 @@ fn open_installs_filter_template_and_channels() {
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].id, id);
     c.close(id).unwrap();
-    assert!(h.fake.state().removed.iter().any(|(f, _)| *f == id));
+    // The reply goes out first, the driver removal right after it (before any next request).
+    assert!(h.fake.wait_for(Duration::from_millis(100), |s| s
+        .removed
+        .iter()
+        .any(|(f, _)| *f == id)));
     assert_eq!(kind(c.close(id).unwrap_err()), AppErrorKind::NoSuchFlow);
 }
 
