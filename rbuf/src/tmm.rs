@@ -27,6 +27,9 @@ pub struct Producer {
     full: ProdCursor,
     empty: ConsCursor,
     pool: Pool,
+    /// Iorecs pushed since the last reclaim: reclaiming every quarter ring keeps the empty FIFO
+    /// from filling up, which would stop the consumer (it pops only with room to hand back).
+    since_reclaim: u32,
 }
 
 impl Producer {
@@ -37,6 +40,7 @@ impl Producer {
             full: ProdCursor::new(core.full, 0),
             empty: ConsCursor::new(core.empty, 0),
             pool: Pool::new(spec.data_bytes, spec.buffer_bytes(), spec.max_packet_bytes),
+            since_reclaim: 0,
             core,
             waker,
         })
@@ -129,6 +133,10 @@ impl Producer {
             self.full.publish(done);
             self.core.counters.iorecs_out += u64::from(done);
             self.waker.notify_peer();
+            self.since_reclaim += done;
+            if self.since_reclaim >= self.core.full.size / 4 {
+                self.reclaim()?;
+            }
         }
         match err {
             Some(e) if done == 0 => Err(e),
@@ -141,6 +149,7 @@ impl Producer {
     /// `push_batch` on a full FIFO and the waits call it too: the consumer only pops while it has
     /// room to hand buffers back.)
     pub fn reclaim(&mut self) -> Result<usize> {
+        self.since_reclaim = 0;
         reclaim(&mut self.core, &self.waker, &mut self.empty, &mut self.pool)
     }
 
@@ -163,6 +172,7 @@ impl Producer {
             full,
             empty,
             pool,
+            ..
         } = self;
         let waker = &*waker;
         waker.wait(timeout, || ready(core, waker, full, empty, pool))
