@@ -179,6 +179,9 @@ impl<L: Layer> Ipv4<L> {
 
     /// The path MTU towards `dst`.
     pub fn path_mtu(&self, dst: Ipv4Addr) -> usize {
+        if self.pmtu.is_empty() {
+            return self.link_mtu;
+        }
         self.pmtu
             .get(&dst)
             .map_or(self.link_mtu, |m| usize::from(*m).min(self.link_mtu))
