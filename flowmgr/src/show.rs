@@ -164,7 +164,7 @@ pub fn stats(r: &StatsReport) -> String {
         p.tx_bytes, p.tx_packets
     );
     let mut detail = String::new();
-    for (name, n) in &p.drops {
+    for (name, n) in p.drops.iter().filter(|(_, n)| *n > 0) {
         let _ = write!(detail, ", {name} {n}");
     }
     let _ = writeln!(

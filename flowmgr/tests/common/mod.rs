@@ -32,6 +32,91 @@ pub struct Harness {
     pub config: PathBuf,
 }
 
+/// Starts `nemflow-flowmgr --config CONFIG` and waits until it serves `socket`.
+pub fn spawn_flowmgr(config: &std::path::Path, socket: &std::path::Path) -> Child {
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_nemflow-flowmgr"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn nemflow-flowmgr");
+    let end = Instant::now() + Duration::from_secs(10);
+    while Client::connect(socket).is_err() {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("nemflow-flowmgr exited with {status}");
+        }
+        assert!(Instant::now() < end, "flow manager did not come up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    daemon
+}
+
+/// Stops a daemon with SIGTERM (SIGKILL after 5 s) and reaps it.
+pub fn stop(child: &mut Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+        }
+    }
+}
+
+/// Runs `nemflow ARGS` against `socket`; returns (success, stdout, stderr).
+pub fn nemflow(
+    socket: &std::path::Path,
+    args: &[&str],
+    uid: Option<u32>,
+) -> (bool, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nemflow"));
+    c.arg("--socket").arg(socket).args(args);
+    if let Some(uid) = uid {
+        use std::os::unix::process::CommandExt;
+        c.uid(uid).gid(uid);
+    }
+    let out = c.output().expect("run nemflow");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts `nemflow --socket SOCKET open ARGS --hold`; returns the child, its FIB line and the
+/// flow id. The flow lives until the child dies.
+pub fn hold_flow(socket: &std::path::Path, args: &[&str]) -> (Child, String, u32) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nemflow"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("open")
+        .args(args)
+        .arg("--hold")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn nemflow open --hold");
+    let stdout: ChildStdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read FIB line");
+    let id = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no flow id in {line:?}"));
+    (child, line, id)
+}
+
 /// The config file for a flow manager in `dir`; `flowmgr_extra` lines are indented two spaces.
 pub fn config_text(dir: &std::path::Path, flowmgr_extra: &str) -> String {
     let extra: String = flowmgr_extra.lines().map(|l| format!("  {l}\n")).collect();
@@ -76,13 +161,7 @@ impl Harness {
         let config = dir.path().join("flowmgr.yaml");
         std::fs::write(&config, config_text(dir.path(), flowmgr_extra)).expect("config");
         let socket = dir.path().join("fm.sock");
-        let daemon = Command::new(env!("CARGO_BIN_EXE_nemflow-flowmgr"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn nemflow-flowmgr");
+        let daemon = spawn_flowmgr(&config, &socket);
         let h = Harness {
             dir,
             fake,
@@ -90,11 +169,6 @@ impl Harness {
             socket,
             config,
         };
-        let end = Instant::now() + Duration::from_secs(10);
-        while Client::connect(&h.socket).is_err() {
-            assert!(Instant::now() < end, "flow manager did not come up");
-            std::thread::sleep(Duration::from_millis(5));
-        }
         h
     }
 
@@ -122,52 +196,14 @@ impl Harness {
         }
     }
 
-    /// The `nemflow` tool pointed at this daemon.
-    pub fn nemflow(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_nemflow"));
-        c.arg("--socket").arg(&self.socket);
-        c
-    }
-
     /// Runs `nemflow ARGS`; returns (success, stdout, stderr).
     pub fn run_nemflow(&self, args: &[&str], uid: Option<u32>) -> (bool, String, String) {
-        let mut c = self.nemflow();
-        c.args(args);
-        if let Some(uid) = uid {
-            use std::os::unix::process::CommandExt;
-            c.uid(uid).gid(uid);
-        }
-        let out = c.output().expect("run nemflow");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        nemflow(&self.socket, args, uid)
     }
 
-    /// Starts `nemflow open ... --hold` and waits for its FIB line; returns the child, the line
-    /// and the flow id.
+    /// Starts `nemflow open ARGS --hold`; see [`hold_flow`].
     pub fn hold_flow(&self, args: &[&str]) -> (Child, String, u32) {
-        let mut child = self
-            .nemflow()
-            .arg("open")
-            .args(args)
-            .arg("--hold")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn nemflow open --hold");
-        let stdout: ChildStdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read FIB line");
-        let id = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no flow id in {line:?}"));
-        (child, line, id)
+        hold_flow(&self.socket, args)
     }
 
     /// A counter from the daemon's stats.
@@ -184,21 +220,6 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        let pid = rustix::process::Pid::from_raw(self.daemon.id() as i32);
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let end = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.daemon.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(5)),
-                _ => {
-                    let _ = self.daemon.kill();
-                    let _ = self.daemon.wait();
-                    break;
-                }
-            }
-        }
+        stop(&mut self.daemon);
     }
 }
