@@ -2,6 +2,9 @@
 //! the remote host using Debian's own tools (ping, ip neigh, Linux sockets through python3).
 //! Needs root and the workspace's `nemflow-driver` binary (`./run test` builds it).
 
+// Test fixtures: a failure to set up must fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::process::CommandExt;

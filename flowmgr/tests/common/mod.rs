@@ -162,14 +162,13 @@ impl Harness {
         std::fs::write(&config, config_text(dir.path(), flowmgr_extra)).expect("config");
         let socket = dir.path().join("fm.sock");
         let daemon = spawn_flowmgr(&config, &socket);
-        let h = Harness {
+        Harness {
             dir,
             fake,
             daemon,
             socket,
             config,
-        };
-        h
+        }
     }
 
     /// A new client connection.
