@@ -356,7 +356,7 @@ fn spoofed_frames_never_reach_the_remote_host() {
 
 #[test]
 fn rewriting_headers_while_sending_never_gets_a_bad_frame_out() {
-    let driver = start(1_000_000_000);
+    let driver = start(100_000_000);
     let client = driver.client().unwrap();
     let s = spec(64);
     let tx_fds = nemflow_rbuf::create(&s).unwrap();
@@ -426,6 +426,7 @@ fn rewriting_headers_while_sending_never_gets_a_bad_frame_out() {
         })
     };
     let remote = RawSocket::bind_in(&driver.netns, &driver.iface).unwrap();
+    remote.set_recv_buffer(64 << 20).unwrap();
     let frame = from_host(7001, &[0x5a; 64]).build();
     let total = 20_000u32;
     let counter = std::thread::spawn(move || {

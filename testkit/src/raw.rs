@@ -124,6 +124,26 @@ impl RawSocket {
         }
     }
 
+    /// Sets the receive buffer to `bytes` (`SO_RCVBUFFORCE`, root only), so that a capture does
+    /// not lose frames to a short burst while its reader is descheduled.
+    pub fn set_recv_buffer(&self, bytes: usize) -> Result<(), String> {
+        let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: valid socket, option value of the size passed.
+        let ret = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if ret < 0 {
+            return Err(last_os_error("SO_RCVBUFFORCE"));
+        }
+        Ok(())
+    }
+
     /// Asks the kernel to timestamp every received frame (`SO_TIMESTAMPNS`).
     pub fn enable_timestamps(&self) -> Result<(), String> {
         let on: libc::c_int = 1;
