@@ -41,9 +41,15 @@ impl FlowChannels {
         rx_fds: ChannelFds,
     ) -> Result<Self> {
         let tx = tmm::Producer::attach(tx_spec, tx_fds)?;
-        let mut rx = rmm::Consumer::attach(rx_spec, rx_fds)?;
+        let rx = rmm::Consumer::attach(rx_spec, rx_fds)?;
+        Self::from_endpoints(fib, tx, rx)
+    }
+
+    /// Wraps endpoints already attached (e.g. by the flow manager's client, whose `Flow::attach`
+    /// returns them with the RX buffers posted). Posts any RX buffer still free.
+    pub fn from_endpoints(fib: Fib, tx: tmm::Producer, mut rx: rmm::Consumer) -> Result<Self> {
         rx.post_free()?;
-        let max_frame = (tx_spec.max_packet_bytes as usize).min(tx.buffer_bytes());
+        let max_frame = tx.buffer_bytes();
         if max_frame <= ETH_HEADER {
             return Err(Error::InvalidSetup(format!(
                 "TX channel carries frames of at most {max_frame} bytes"
