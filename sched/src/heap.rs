@@ -8,15 +8,37 @@
 //! saves keeping every entry's position in the flow table, which would cost a scattered write
 //! on every swap.
 
-/// One heap entry: 16 bytes.
+/// One heap entry: 16 bytes, written and read as two 8-byte words (the slot and sequence
+/// number share one, so that reading an entry soon after writing it is forwarded from the
+/// store buffer instead of stalling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry {
     /// Deadline or replenishment time, ns.
     pub key: u64,
+    /// `slot | seq << 32`.
+    tag: u64,
+}
+
+impl Entry {
+    #[inline]
+    pub fn new(key: u64, slot: u32, seq: u32) -> Self {
+        Self {
+            key,
+            tag: u64::from(slot) | (u64::from(seq) << 32),
+        }
+    }
+
     /// Index into the flow table.
-    pub slot: u32,
+    #[inline]
+    pub fn slot(&self) -> u32 {
+        self.tag as u32
+    }
+
     /// The flow's heap sequence number when this entry was pushed.
-    pub seq: u32,
+    #[inline]
+    pub fn seq(&self) -> u32 {
+        (self.tag >> 32) as u32
+    }
 }
 
 const ARITY: usize = 4;
@@ -40,8 +62,9 @@ impl Heap {
 
     #[inline]
     pub fn push(&mut self, e: Entry) {
+        let i = self.v.len();
         self.v.push(e);
-        self.sift_up(self.v.len() - 1);
+        self.sift_up(i, e);
     }
 
     /// Removes and returns the smallest entry.
@@ -52,37 +75,17 @@ impl Heap {
             return Some(last);
         }
         let top = self.v[0];
-        // Move the hole at the root down along the smallest children to a leaf (3 comparisons
-        // a level, none against `last`), then let `last` rise from there: it came from the
-        // bottom, so it rarely rises far.
-        let n = self.v.len();
-        let mut hole = 0;
-        loop {
-            let first = ARITY * hole + 1;
-            if first >= n {
-                break;
-            }
-            let end = (first + ARITY).min(n);
-            let mut best = first;
-            let mut best_key = self.v[first].key;
-            for c in first + 1..end {
-                let k = self.v[c].key;
-                if k < best_key {
-                    best = c;
-                    best_key = k;
-                }
-            }
-            self.v[hole] = self.v[best];
-            hole = best;
-        }
-        self.v[hole] = last;
-        self.sift_up(hole);
+        // Classic sift-down with an early stop: flows that share a deadline (the same period,
+        // started together) are common, and then the moved entry stops at once.
+        self.sift_down(0, last);
         Some(top)
     }
 
+    /// Moves `e`, whose slot is `i`, up to its place. `e` is passed by value, not read back
+    /// from the slot just written (a load that spans two narrower stores cannot be forwarded
+    /// from the store buffer and stalls).
     #[inline]
-    fn sift_up(&mut self, mut i: usize) {
-        let e = self.v[i];
+    fn sift_up(&mut self, mut i: usize, e: Entry) {
         while i > 0 {
             let parent = (i - 1) / ARITY;
             if self.v[parent].key <= e.key {
@@ -103,26 +106,48 @@ impl Heap {
             return;
         }
         for i in (0..=(n - 2) / ARITY).rev() {
-            self.sift_down(i);
+            let e = self.v[i];
+            self.sift_down(i, e);
         }
     }
 
-    fn sift_down(&mut self, mut i: usize) {
+    /// Index of the smallest of the four children starting at `first` (all present), without
+    /// a branch: keys in a heap are in no predictable order, so a compare-and-jump would
+    /// mispredict about every other time, on every level.
+    #[inline(always)]
+    fn min_of_four(v: &[Entry], first: usize) -> (usize, u64) {
+        let c = &v[first..first + 4];
+        let (k0, k1, k2, k3) = (c[0].key, c[1].key, c[2].key, c[3].key);
+        let i01 = usize::from(k1 < k0);
+        let k01 = k0.min(k1);
+        let i23 = 2 + usize::from(k3 < k2);
+        let k23 = k2.min(k3);
+        let right = usize::from(k23 < k01);
+        // right ? i23 : i01, as arithmetic.
+        let i = i01 ^ ((i01 ^ i23) & right.wrapping_neg());
+        (first + i, k01.min(k23))
+    }
+
+    /// Moves `e` down from slot `i` to its place (the slot's old content is overwritten).
+    #[inline]
+    fn sift_down(&mut self, mut i: usize, e: Entry) {
         let n = self.v.len();
-        let e = self.v[i];
         loop {
             let first = ARITY * i + 1;
-            if first >= n {
-                break;
-            }
-            let end = (first + ARITY).min(n);
-            let mut best = first;
-            for c in first + 1..end {
-                if self.v[c].key < self.v[best].key {
-                    best = c;
+            let (best, best_key) = if first + ARITY <= n {
+                Self::min_of_four(&self.v, first)
+            } else if first < n {
+                let mut best = first;
+                for c in first + 1..n {
+                    if self.v[c].key < self.v[best].key {
+                        best = c;
+                    }
                 }
-            }
-            if self.v[best].key >= e.key {
+                (best, self.v[best].key)
+            } else {
+                break;
+            };
+            if best_key >= e.key {
                 break;
             }
             self.v[i] = self.v[best];
@@ -147,11 +172,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             let key = x >> 40;
             keys.push(key);
-            h.push(Entry {
-                key,
-                slot: i,
-                seq: 0,
-            });
+            h.push(Entry::new(key, i, 0));
         }
         keys.sort_unstable();
         let popped: Vec<u64> = std::iter::from_fn(|| h.pop().map(|e| e.key)).collect();
@@ -162,17 +183,13 @@ mod tests {
     fn rebuild_drops_and_orders() {
         let mut h = Heap::default();
         for i in 0..100u32 {
-            h.push(Entry {
-                key: u64::from((i * 37) % 100),
-                slot: i,
-                seq: 0,
-            });
+            h.push(Entry::new(u64::from((i * 37) % 100), i, 7));
         }
-        h.retain_and_rebuild(|e| e.slot % 3 != 0);
+        h.retain_and_rebuild(|e| e.slot() % 3 != 0);
         let mut last = 0;
         let mut n = 0;
         while let Some(e) = h.pop() {
-            assert!(e.key >= last && e.slot % 3 != 0);
+            assert!(e.key >= last && e.slot() % 3 != 0 && e.seq() == 7);
             last = e.key;
             n += 1;
         }

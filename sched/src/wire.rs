@@ -7,15 +7,13 @@
 //!
 //! # Representation, and why
 //!
-//! Nothing here is rounded. Every duration is an integer count of **rate units**, where one unit
-//! is `1 / R` ns: a nanosecond is `R` units and one bit time is `10^9` units, so both the
-//! caller's nanosecond clock and every frame's wire time are exact integers. Budgets and
-//! accumulated use are kept in these units (`i128`/`u128`: at `R` ≤ 10 Tbit/s a `u128` holds
-//! more than 10^15 years). The wire clock, which the caller compares with its nanosecond clock
-//! on every poll, is kept as whole nanoseconds plus a carried remainder below one nanosecond
-//! ([`WireInstant`]), so reading it never needs a 128-bit division. Sums of 10^9 frames are
-//! therefore identical to the closed form `N * (L + 24) * 8 * 10^9 / R`: no drift over hours or
-//! years (see the `wire_clock_no_drift` test).
+//! Nothing here is rounded. The wire clock ([`WireInstant`], [`WireClock`]) is whole
+//! nanoseconds plus a carried remainder below one nanosecond, in units of `1/R` ns, so that the
+//! caller, who compares it with a nanosecond clock on every poll, never needs a division, and a
+//! sum of 10^9 frames is identical to the closed form `N * (L + 24) * 8 * 10^9 / R`: no drift
+//! over hours or years (see the `wire_clock_no_drift` tests). The scheduler keeps budgets in the
+//! smallest unit in which both nanoseconds and bit times are whole (see the scheduler module),
+//! which makes every charge exact too.
 
 /// Bytes each frame costs on the wire beyond its own length: FCS (4), preamble and start frame
 /// delimiter (8), inter-frame gap (12).
@@ -169,27 +167,10 @@ impl WireClock {
     }
 }
 
-/// Splits an exact count of rate units into a [`WireInstant`].
-#[inline]
-pub(crate) fn instant_from_units(units: u128, rate: u64) -> WireInstant {
-    let rate = u128::from(rate);
-    // Quotient fits u64 for any instant a u64-nanosecond clock can name.
-    WireInstant {
-        ns: u64::try_from(units / rate).unwrap_or(u64::MAX),
-        frac: (units % rate) as u64,
-    }
-}
-
 /// `units` rate units as whole nanoseconds, rounded down.
 #[inline]
 pub(crate) fn units_to_ns_floor(units: u128, rate: u64) -> u64 {
     u64::try_from(units / u128::from(rate)).unwrap_or(u64::MAX)
-}
-
-/// `units` rate units as whole nanoseconds, rounded up.
-#[inline]
-pub(crate) fn units_to_ns_ceil(units: u128, rate: u64) -> u64 {
-    u64::try_from(units.div_ceil(u128::from(rate))).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
