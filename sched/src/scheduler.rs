@@ -277,7 +277,7 @@ impl Scale {
         u128::from(at.ns) * u128::from(self.per_ns) + u128::from(at.frac / self.g)
     }
 
-    fn to_instant(&self, units: u128) -> WireInstant {
+    fn instant_of(&self, units: u128) -> WireInstant {
         let per_ns = u128::from(self.per_ns);
         WireInstant {
             ns: u64::try_from(units / per_ns).unwrap_or(u64::MAX),
@@ -892,7 +892,7 @@ impl Scheduler {
         self.cold[hold.slot as usize].held.add(period, held);
         // The idle wire time was the flow's: nobody else could send in it.
         self.wire
-            .occupy_until(self.scale.to_instant(hold.start_units + held));
+            .occupy_until(self.scale.instant_of(hold.start_units + held));
         if exhausted {
             self.unplace(hold.slot);
             self.place(hold.slot);
@@ -1005,6 +1005,6 @@ mod tests {
             ns: 17,
             frac: 123_456,
         };
-        assert_eq!(s.to_instant(s.instant(at)), at);
+        assert_eq!(s.instant_of(s.instant(at)), at);
     }
 }
