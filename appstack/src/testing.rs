@@ -81,7 +81,11 @@ pub struct DriverEnds {
 
 /// Creates a flow's two channels (`slots` buffers each) and attaches the app's ends.
 pub fn channels(fib: Fib, slots: u32) -> Result<(FlowChannels, DriverEnds)> {
-    let s = spec(slots);
+    channels_with(fib, spec(slots))
+}
+
+/// Creates a flow's two channels of geometry `s` and attaches the app's ends.
+pub fn channels_with(fib: Fib, s: ChannelSpec) -> Result<(FlowChannels, DriverEnds)> {
     let tx = create(&s)?;
     let rx = create(&s)?;
     let drv = DriverEnds {

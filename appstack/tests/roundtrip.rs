@@ -185,3 +185,49 @@ proptest! {
         prop_assert_eq!(frames, want);
     }
 }
+
+#[test]
+fn datagram_with_more_fragments_than_fifo_slots() {
+    // 16 FIFO slots, 256 buffers: a 65 507-byte datagram at MTU 1500 is 45 frames.
+    let geometry = nemflow_rbuf::ChannelSpec {
+        data_bytes: 256 * 2048,
+        slots: 16,
+        max_packet_bytes: 2048,
+        hugetlb: false,
+    };
+    let a_addr = std::net::SocketAddrV4::new(IP_A, PORT_A);
+    let b_addr = std::net::SocketAddrV4::new(testing::IP_B, testing::PORT_B);
+    let (ch, mut da) = testing::channels_with(
+        testing::fib(
+            a_addr,
+            testing::MAC_A,
+            Some(b_addr),
+            Some(testing::MAC_B),
+            1500,
+        ),
+        geometry,
+    )
+    .unwrap();
+    let mut a = UdpFlow::new(ch, nemflow_appstack::FlowConfig::default()).unwrap();
+    a.set_nonblocking(true);
+    let ((_, _), (mut b, mut db)) = pair(1500);
+    let data = payload(MAX_UDP_PAYLOAD, 1);
+    a.send(&data).unwrap();
+    // Accepted whole; what did not fit on the FIFO waits in the flow, in order.
+    assert_eq!(a.channels().pending_frames(), 45 - 16);
+    // While frames wait, a new datagram cannot start (non-blocking: WouldBlock).
+    assert!(matches!(a.send(b"next"), Err(Error::WouldBlock)));
+    let mut rounds = 0;
+    while !a.flush().unwrap() || rounds == 0 {
+        da.pump_to(&mut db).unwrap();
+        rounds += 1;
+        assert!(rounds < 10);
+    }
+    da.pump_to(&mut db).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let (n, _) = b.recv(&mut buf).unwrap();
+    assert!(buf[..n] == data[..]);
+    assert_eq!(a.counters().channel.tx_frames, 45);
+    assert!(a.counters().channel.tx_fifo_full >= 1);
+    a.send(b"next").unwrap();
+}
