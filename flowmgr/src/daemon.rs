@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::{Duration, Instant};
 
 use nemflow_config::Config;
@@ -278,15 +279,45 @@ pub struct Daemon<D: DriverLink> {
     fatal: Option<String>,
     /// Flows to remove once the current reply is sent.
     deferred: Vec<FlowId>,
-    /// Channels created ahead of time for flows of the default geometry: (tx, rx, rx
-    /// read-only). Creating a channel costs tens of µs of system calls; the pool takes that
-    /// off the open path and is refilled after each turn.
-    spare: Vec<(ChannelFds, ChannelFds, ChannelFds)>,
+    /// Channel pairs (tx, rx, rx read-only) of the default geometry, made ahead of time by a
+    /// factory thread: creating a channel costs tens of µs of system calls, which this takes
+    /// off the open path. The thread shares nothing with the loop but this bounded queue.
+    spare: Receiver<SparePair>,
     default_spec: ChannelSpec,
 }
 
 /// Channel pairs kept ready.
 const SPARE_CHANNELS: usize = 4;
+
+type SparePair = (ChannelFds, ChannelFds, ChannelFds);
+
+/// Makes channel pairs of `spec` ahead of time until the receiving end goes away.
+fn channel_factory(spec: ChannelSpec) -> std::io::Result<Receiver<SparePair>> {
+    let (tx, rx) = sync_channel(SPARE_CHANNELS);
+    std::thread::Builder::new()
+        .name("channel-factory".into())
+        .spawn(move || loop {
+            let pair = (|| -> Result<SparePair, nemflow_rbuf::Error> {
+                let t = nemflow_rbuf::create(&spec)?;
+                let r = nemflow_rbuf::create(&spec)?;
+                let ro = r.with_read_only_data()?;
+                Ok((t, r, ro))
+            })();
+            match pair {
+                Ok(p) => {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Out of fds or memory: the open path creates its own and reports it.
+                    tracing::warn!(error = %e, "channel factory cannot create channels");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })?;
+    Ok(rx)
+}
 
 /// Binds the application socket at `path` with permissions `mode`: creates its directory, and
 /// replaces a stale socket file but never one another flow manager still serves.
@@ -524,13 +555,15 @@ impl<D: DriverLink> Daemon<D> {
             tx: Vec::new(),
             fatal: None,
             deferred: Vec::new(),
-            spare: Vec::new(),
+            spare: sync_channel(0).1,
             default_spec: spec,
         };
         d.default_spec = d
             .channel_spec(0, 0, "default")
             .map_err(|e| StartError::Config(e.message))?;
-        d.refill();
+        d.spare = channel_factory(d.default_spec).map_err(|e| {
+            StartError::Config(format!("cannot start the channel factory thread: {e}"))
+        })?;
         d.host.announce(&mut d.tx);
         d.transmit();
         tracing::info!(
@@ -635,6 +668,7 @@ impl<D: DriverLink> Daemon<D> {
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(1))
         };
+
         let ts = Timespec {
             tv_sec: timeout.as_secs() as i64,
             tv_nsec: i64::from(timeout.subsec_nanos()),
@@ -661,8 +695,7 @@ impl<D: DriverLink> Daemon<D> {
                 ids.push(id);
             }
             match rustix::event::poll(&mut pfds, Some(&ts)) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => {}
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(RunError::Poll(e.into())),
             }
             let listen = pfds[0].revents();
@@ -702,27 +735,7 @@ impl<D: DriverLink> Daemon<D> {
             self.disconnect(cid, true);
         }
         self.transmit();
-        self.refill();
         Ok(false)
-    }
-
-    /// Tops the pool of ready channels up.
-    fn refill(&mut self) {
-        while self.spare.len() < SPARE_CHANNELS {
-            let make = || -> Result<_, nemflow_rbuf::Error> {
-                let tx = nemflow_rbuf::create(&self.default_spec)?;
-                let rx = nemflow_rbuf::create(&self.default_spec)?;
-                let ro = rx.with_read_only_data()?;
-                Ok((tx, rx, ro))
-            };
-            match make() {
-                Ok(c) => self.spare.push(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create spare channels");
-                    return;
-                }
-            }
-        }
     }
 
     /// Channels for a flow: from the pool when the geometry is the default one.
@@ -732,7 +745,7 @@ impl<D: DriverLink> Daemon<D> {
         rx: &ChannelSpec,
     ) -> Result<(ChannelFds, ChannelFds, ChannelFds), nemflow_rbuf::Error> {
         if *tx == self.default_spec && *rx == self.default_spec {
-            if let Some(c) = self.spare.pop() {
+            if let Ok(c) = self.spare.try_recv() {
                 return Ok(c);
             }
         }

@@ -11,17 +11,20 @@
 #![forbid(unsafe_code)]
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use nemflow_config::Config;
 use nemflow_flowmgr::client::Client;
 use nemflow_flowmgr::daemon::{bind_app_socket, Daemon};
-use nemflow_flowmgr::driver::SocketDriver;
+use nemflow_flowmgr::driver::{DriverLink, LinkError, SocketDriver};
 use nemflow_flowmgr::testing::FakeDriver;
 use nemflow_proto::app::OpenFlow;
+use nemflow_proto::ctl::{DriverReply, DriverRequest};
 use nemflow_rbuf::IoRec;
 
 /// Flow set-up/tear-down latency through the flow manager against Linux UDP sockets.
@@ -41,6 +44,10 @@ struct Args {
     /// socket goes to a temporary directory.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Pause between cycles, µs (0: back to back). With a pause of a few ms the flow manager
+    /// has idle time to prepare channels ahead, as it has between real applications' opens.
+    #[arg(long, default_value_t = 0)]
+    gap_us: u64,
     /// Remote of the flows (must answer ARP; with the fake driver it always does).
     #[arg(long, default_value = "10.77.0.2:9")]
     remote: SocketAddrV4,
@@ -81,9 +88,15 @@ fn run(args: Args) -> Result<(), String> {
     let listener = bind_app_socket(&config.flowmgr.socket, 0o600).map_err(|e| e.to_string())?;
     let (stop_rx, mut stop_tx) = UnixStream::pair().map_err(|e| e.to_string())?;
     let cfg = config.clone();
+    let installs_timed = Arc::new(Mutex::new(Vec::new()));
+    let timed = installs_timed.clone();
     let daemon = std::thread::spawn(move || -> Result<(), String> {
         let link = SocketDriver::connect(&cfg.driver.control_socket, Duration::from_secs(2))
             .map_err(|e| e.to_string())?;
+        let link = Timed {
+            link,
+            installs: timed,
+        };
         let mut d = Daemon::start(&cfg, link, listener).map_err(|e| e.to_string())?;
         d.set_stop_fd(stop_rx.into());
         d.run().map_err(|e| e.to_string())
@@ -133,6 +146,9 @@ fn run(args: Args) -> Result<(), String> {
     let mut nf_total = Duration::ZERO;
     // Interleaved, so both see the same machine state.
     for _ in 0..args.cycles {
+        if args.gap_us > 0 {
+            std::thread::sleep(Duration::from_micros(args.gap_us));
+        }
         let t = Instant::now();
         let (o, c) = flow_cycle(&mut client)?;
         nf_total += t.elapsed();
@@ -176,19 +192,33 @@ fn run(args: Args) -> Result<(), String> {
         "fake driver"
     };
     println!(
-        "flow set-up/tear-down, {} cycles each, interleaved ({driver}; {} s wall)",
+        "flow set-up/tear-down, {} cycles each, interleaved, {} µs apart ({driver}; {} s wall)",
         args.cycles,
+        args.gap_us,
         wall.as_secs_f64().round()
     );
     println!();
     println!("| | p50 µs | p99 µs | max µs |");
     println!("|---|---:|---:|---:|");
     let mut nf_reply: Vec<Duration> = nf_reply.split_off(warm.min(nf_reply.len()));
+    let mut install: Vec<Duration> = {
+        let mut v = installs_timed.lock().map_err(|_| "poisoned")?;
+        let n = v.len();
+        // The host flow's install first, then warm-up, measured, and held flows.
+        v.drain(..)
+            .skip(1 + warm)
+            .take(n.saturating_sub(1 + warm + args.hold))
+            .collect()
+    };
     for (name, v) in [
         ("nemflow open + attach + first send", &mut nf_open),
         (
             "… of which the open request (FIB and fds received)",
             &mut nf_reply,
+        ),
+        (
+            "… of which the driver's InstallFlow (as the flow manager waits for it)",
+            &mut install,
         ),
         ("Linux socket + bind + connect + send (UDP)", &mut lx_open),
         ("nemflow close (flow gone from the driver)", &mut nf_close),
@@ -260,4 +290,27 @@ fn tempfile_dir() -> Result<PathBuf, String> {
     let dir = std::env::temp_dir().join(format!("flowmgr-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     Ok(dir)
+}
+
+/// The driver link, timing each `InstallFlow`.
+struct Timed {
+    link: SocketDriver,
+    installs: Arc<Mutex<Vec<Duration>>>,
+}
+
+impl DriverLink for Timed {
+    fn call(
+        &mut self,
+        req: &DriverRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<DriverReply, LinkError> {
+        let t = Instant::now();
+        let r = self.link.call(req, fds);
+        if matches!(req, DriverRequest::InstallFlow { .. }) {
+            if let Ok(mut v) = self.installs.lock() {
+                v.push(t.elapsed());
+            }
+        }
+        r
+    }
 }
