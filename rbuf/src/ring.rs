@@ -318,7 +318,8 @@ pub(crate) mod tests {
                 id: FifoId::Full,
                 head: NonNull::from(&*self.head),
                 tail: NonNull::from(&*self.tail),
-                slots: NonNull::from(&self.slots[0]),
+                // From the whole slice (not its first element), so the pointer may reach every slot.
+                slots: NonNull::from(&*self.slots).cast::<Slot>(),
                 size: self.slots.len() as u32,
             }
         }
@@ -382,5 +383,42 @@ pub(crate) mod tests {
         assert!(matches!(prod.refresh(), Err(IndexError::TooFar { .. })));
         fifo.tail.store(u32::MAX, Ordering::Relaxed);
         assert!(matches!(prod.refresh(), Err(IndexError::Backward { .. })));
+    }
+
+    proptest::proptest! {
+        /// Random interleavings of push and pop from any start (including just below the wrap):
+        /// the consumer sees exactly what was pushed, in order, and room/avail never exceed the ring.
+        #[test]
+        fn random_ops_match_a_queue_model(
+            start in proptest::prop_oneof![u32::MAX - 64..=u32::MAX, proptest::prelude::any::<u32>()],
+            ops in proptest::collection::vec((proptest::prelude::any::<bool>(), 0u32..12), 1..200),
+        ) {
+            let fifo = HeapFifo::new(8, start);
+            let mut prod = ProdCursor::new(fifo.view(), start);
+            let mut cons = ConsCursor::new(fifo.view(), start);
+            let mut model = std::collections::VecDeque::new();
+            let mut next = 0u32;
+            for (push, k) in ops {
+                if push {
+                    let room = prod.refresh().unwrap();
+                    proptest::prop_assert_eq!(room as usize, 8 - model.len());
+                    let k = k.min(room);
+                    for j in 0..k {
+                        prod.write(j, &IoRec::single(Extent::new(next, 1), 0));
+                        model.push_back(next);
+                        next += 1;
+                    }
+                    prod.publish(k);
+                } else {
+                    let avail = cons.refresh().unwrap();
+                    proptest::prop_assert_eq!(avail as usize, model.len());
+                    let k = k.min(avail);
+                    for j in 0..k {
+                        proptest::prop_assert_eq!(Some(cons.read(j).extents[0].offset), model.pop_front());
+                    }
+                    cons.consume(k);
+                }
+            }
+        }
     }
 }
