@@ -44,10 +44,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Each decision is O(log n) in the number of backlogged flows: two 4-ary heaps keyed by
-//! deadline (flows with time left; flows waiting for their next allocation, refreshed lazily
-//! when their deadline comes) and a ring for slack. A flow that sends several frames in a row
-//! stays at the top of the EDF heap: no heap operation until it exhausts its slice.
+//! Each decision is O(log n) in the number of backlogged flows at worst: a 4-ary heap keyed by
+//! deadline for the flows with time left (EDF), a set of flows waiting for their next
+//! allocation (refreshed lazily when their deadline comes: a FIFO per period class, since EDF
+//! exhausts flows of one period in deadline order, and a heap for the rest: O(1) in the common
+//! case), and a ring for slack. A flow that sends several frames in a row stays at the top of
+//! the EDF heap: no heap operation until it exhausts its slice.
 //!
 //! # Admission, and what it guarantees at frame granularity
 //!
@@ -70,6 +72,7 @@ mod heap;
 mod qos;
 mod scheduler;
 mod stats;
+mod waiting;
 pub mod wire;
 
 #[cfg(feature = "sim")]

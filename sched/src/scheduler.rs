@@ -22,6 +22,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use crate::admission::Admission;
 use crate::heap::{Entry, Heap};
 use crate::stats::{FlowStats, PeriodUsage, Usage};
+use crate::waiting::Waiting;
 use crate::wire::{
     self, WireClock, WireInstant, MAX_FRAME_BYTES, MAX_LINK_RATE_BPS, UNITS_PER_BIT,
 };
@@ -310,7 +311,7 @@ pub struct Scheduler {
     free_slots: Vec<u32>,
     index: IdMap,
     ready: Heap,
-    waiting: Heap,
+    waiting: Waiting,
     /// Round robin of backlogged `extra` flows: `(slot, gen)`, lazily cleaned.
     slack: VecDeque<(u32, u16)>,
     /// Slack entries of removed flows still in the ring.
@@ -351,7 +352,7 @@ impl Scheduler {
             free_slots: Vec::new(),
             index: IdMap::default(),
             ready: Heap::default(),
-            waiting: Heap::default(),
+            waiting: Waiting::default(),
             slack: VecDeque::new(),
             slack_dead: 0,
             wire: WireClock::new(link_rate_bps),
@@ -583,11 +584,7 @@ impl Scheduler {
         self.clock_ns = t;
 
         // New allocations for backlogged flows whose period ended.
-        while let Some(e) = self.waiting.peek() {
-            if e.key > t {
-                break;
-            }
-            self.waiting.pop();
+        while let Some(e) = self.waiting.pop_due(t) {
             if !self.is_live(e, Place::Waiting) {
                 self.waiting.stale = self.waiting.stale.saturating_sub(1);
                 continue;
@@ -767,7 +764,7 @@ impl Scheduler {
             self.ready.push(e);
         } else {
             f.place = Place::Waiting;
-            self.waiting.push(e);
+            self.waiting.push(e, f.period_ns);
         }
     }
 
@@ -908,8 +905,8 @@ impl Scheduler {
         if self.ready.stale > self.ready.len() / 2 + 64 {
             self.ready.retain_and_rebuild(|e| live(e, Place::Ready));
         }
-        if self.waiting.stale > self.waiting.len() / 2 + 64 {
-            self.waiting.retain_and_rebuild(|e| live(e, Place::Waiting));
+        if self.waiting.stale > 64 && self.waiting.stale > self.waiting.len() / 2 {
+            self.waiting.retain(|e| live(e, Place::Waiting));
         }
         if self.slack_dead > self.slack.len() / 2 + 64 {
             self.slack.retain(|&(slot, gen)| {

@@ -70,7 +70,7 @@ fn case(churn: bool) -> impl Strategy<Value = Case> {
             10_000_000_000,
         ]),
         300u64..=1000,
-        prop::collection::vec(gspec(), 1..=6),
+        prop::collection::vec(gspec(), 1..=12),
         prop::collection::vec(
             (any::<u8>(), proptest::option::weighted(0.3, any::<u8>())),
             0..=2,
