@@ -58,10 +58,11 @@
 //! request is over and the largest slice that would fit. That test is for a fluid link. Frames
 //! are not preemptible, so in the worst case every guaranteed flow overruns its slice by up to
 //! one frame and one frame of a later-deadline (or slack) flow blocks the wire when a period
-//! starts. Every backlogged guaranteed flow receives at least `s − one frame` in every period
-//! (and its long-run rate within one frame of `s/p`) when, in addition,
-//! `(n + 1) × max frame time ≤ (1 − Σ s/p − reserve) × shortest period`;
-//! [`non_preemption_reserve_ppm`] computes a reserve that covers this. With no such margin
+//! starts (the demand bound of limited-preemptive EDF). Every backlogged guaranteed flow
+//! receives at least `s − one frame` in every period, and its long-run rate within one frame
+//! of `s/p`, when in addition `(n + 1) × max frame time ≤ (1 − Σ s/p) × shortest period`.
+//! An admission reserve of at least [`non_preemption_reserve_ppm`] guarantees that for every
+//! set it admits (the property tests run with it). With no such margin
 //! (say `Σ s/p = 1`), flows that tie on a deadline can be cut short by the frames their peers
 //! overran, and the scheduler counts those misses in [`FlowStats::deadline_misses`].
 #![forbid(unsafe_code)]
