@@ -390,9 +390,9 @@ fn routing_and_arp_failures_are_socket_errors() {
 
 #[test]
 fn a_parked_open_does_not_stall_other_clients() {
-    let h = Harness::start("arp_retry_ms: 300");
+    let h = Harness::start("arp_retry_ms: 1000");
     let sock = h.socket.clone();
-    // This open waits ~900 ms for an ARP reply that never comes.
+    // This open waits ~3 s for an ARP reply that never comes.
     let waiter = std::thread::spawn(move || {
         let mut c = nemflow_flowmgr::client::Client::connect(&sock).unwrap();
         c.open(&OpenFlow::udp(
@@ -405,7 +405,7 @@ fn a_parked_open_does_not_stall_other_clients() {
     let mut c = h.client();
     c.open(&OpenFlow::udp(0, None)).unwrap();
     assert!(
-        t.elapsed() < Duration::from_millis(200),
+        t.elapsed() < Duration::from_millis(500),
         "{:?}",
         t.elapsed()
     );
@@ -513,7 +513,7 @@ fn hostile_clients_are_answered_or_dropped_and_fds_return_to_baseline() {
     assert!(is_closed(&s));
     let waited = t.elapsed();
     assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_millis(900),
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(2000),
         "{waited:?}"
     );
 
@@ -529,7 +529,11 @@ fn hostile_clients_are_answered_or_dropped_and_fds_return_to_baseline() {
         if i % 4 == 0 {
             let t = Instant::now();
             c.routes().unwrap();
-            assert!(t.elapsed() < Duration::from_millis(50));
+            assert!(
+                t.elapsed() < Duration::from_millis(250),
+                "{:?}",
+                t.elapsed()
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     }
