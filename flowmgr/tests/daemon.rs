@@ -710,3 +710,29 @@ fn the_daemon_explains_what_is_wrong_in_one_line() {
     let (ok, out, _) = run(&["--help"]);
     assert!(ok && out.contains("--check-config") && out.contains("--config"));
 }
+
+#[test]
+fn sigterm_revokes_every_flow_and_leaves_nothing_behind() {
+    let mut h = Harness::start("");
+    let mut c = h.client();
+    let f = c.open(&OpenFlow::udp(5000, None)).unwrap();
+    common::stop(&mut h.daemon);
+    // Every flow (the app's and the host flow) left the driver, and the socket file is gone.
+    let s = h.fake.state();
+    let removed: Vec<FlowId> = s.removed.iter().map(|(id, _)| *id).collect();
+    assert!(
+        removed.contains(&f.id()) && removed.contains(&FlowId(1)),
+        "{removed:?}"
+    );
+    assert!(s.flows.is_empty());
+    drop(s);
+    assert!(!h.socket.exists());
+    // The app was told before the connection closed.
+    match c.poll_event() {
+        Ok(Some(AppEvent::Revoked { flow, reason })) => {
+            assert_eq!(flow, f.id());
+            assert!(reason.contains("shutting down"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
