@@ -26,7 +26,7 @@ impl Extent {
 
     /// Checks that `[offset, offset + len)` lies inside a data area of `data_bytes`, with
     /// overflow-checked arithmetic; `index` only labels the error.
-    #[inline]
+    #[inline(always)]
     pub fn check_bounds(&self, index: usize, data_bytes: u64) -> Result<(), IoRecError> {
         let end = self
             .offset
@@ -94,19 +94,19 @@ impl IoRec {
     }
 
     /// The extents in use (at most [`MAX_EXTENTS`] even when `count` is larger: never panics).
-    #[inline]
+    #[inline(always)]
     pub fn extents(&self) -> &[Extent] {
         &self.extents[..usize::from(self.count).min(MAX_EXTENTS)]
     }
 
     /// Sum of the lengths of the extents in use.
-    #[inline]
+    #[inline(always)]
     pub fn total_len(&self) -> u64 {
         self.extents().iter().map(|e| u64::from(e.len)).sum()
     }
 
     /// Checks the count, every extent's bounds (overflow-checked) and the total length.
-    #[inline]
+    #[inline(always)]
     pub fn validate(&self, limits: &Limits) -> Result<(), IoRecError> {
         if self.count == 0 || usize::from(self.count) > MAX_EXTENTS {
             return Err(IoRecError::BadCount { count: self.count });
@@ -127,7 +127,7 @@ impl IoRec {
 
     /// The slot words: word 0 = `flags | count << 16` (bits 24..64 reserved, written 0, ignored
     /// on decode), words 1..4 = `offset | len << 32`.
-    #[inline]
+    #[inline(always)]
     pub fn encode(&self) -> [u64; 4] {
         let mut w = [u64::from(self.flags) | u64::from(self.count) << 16, 0, 0, 0];
         for (i, e) in self.extents.iter().enumerate() {
@@ -137,7 +137,7 @@ impl IoRec {
     }
 
     /// Decodes slot words; every bit pattern gives some `IoRec` (validate it before use).
-    #[inline]
+    #[inline(always)]
     pub fn decode(w: [u64; 4]) -> Self {
         let ext = |x: u64| Extent {
             offset: x as u32,

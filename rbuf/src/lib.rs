@@ -97,3 +97,9 @@ pub use counters::Counters;
 pub use error::{Error, FifoId, IndexError, IoRecError, RegionError, Result};
 pub use iorec::{Extent, IoRec, Limits, MAX_EXTENTS, SLOT_BYTES};
 pub use spec::ChannelSpec;
+
+/// Whether this process wakes peers with asymmetric barriers (`membarrier(2)`): notifying then
+/// costs no fence on the fast path. See the `event` module notes in the crate source.
+pub fn uses_membarrier() -> bool {
+    event::asymmetric()
+}

@@ -19,6 +19,8 @@ pub(crate) struct Pool {
     buf_bytes: u32,
     /// Usable bytes of each buffer (≤ `buf_bytes`).
     buf_len: u32,
+    /// `log2(buf_bytes)` when it is a power of two: a shift instead of a division per extent.
+    shift: Option<u32>,
     state: Vec<u8>,
     free: Vec<u32>,
 }
@@ -30,6 +32,9 @@ impl Pool {
         Pool {
             buf_bytes,
             buf_len: buf_len.min(buf_bytes),
+            shift: buf_bytes
+                .is_power_of_two()
+                .then(|| buf_bytes.trailing_zeros()),
             state: vec![FREE; n as usize],
             free: (0..n).rev().collect(),
         }
@@ -49,6 +54,7 @@ impl Pool {
     }
 
     /// Takes a free buffer: it is now HELD. Returns the whole buffer's extent.
+    #[inline(always)]
     pub(crate) fn alloc(&mut self) -> Option<Extent> {
         let b = self.free.pop()?;
         self.state[b as usize] = HELD;
@@ -60,8 +66,12 @@ impl Pool {
     }
 
     /// The buffer `e` lies in, if it lies entirely inside one.
+    #[inline(always)]
     fn buffer_of(&self, e: &Extent) -> Option<u32> {
-        let b = e.offset / self.buf_bytes;
+        let b = match self.shift {
+            Some(s) => e.offset >> s,
+            None => e.offset / self.buf_bytes,
+        };
         let start = b.checked_mul(self.buf_bytes)?;
         let end = e.offset.checked_add(e.len)?;
         let buf_end = start.checked_add(self.buf_len)?;
@@ -69,6 +79,7 @@ impl Pool {
     }
 
     /// The distinct buffers of `rec`, each of which must be in `want`; else the first bad extent.
+    #[inline(always)]
     fn buffers_in(&self, rec: &IoRec, want: u8) -> std::result::Result<[u32; 3], usize> {
         let mut bufs = [u32::MAX; 3];
         for (i, e) in rec.extents().iter().enumerate() {
@@ -80,6 +91,7 @@ impl Pool {
         Ok(bufs)
     }
 
+    #[inline(always)]
     fn set(&mut self, bufs: [u32; 3], n: usize, to: u8) {
         for &b in &bufs[..n] {
             self.state[b as usize] = to;
@@ -87,6 +99,7 @@ impl Pool {
     }
 
     /// HELD → OUT for every buffer of `rec` (caller's iorec; distinct buffers required).
+    #[inline(always)]
     pub(crate) fn hand_out(&mut self, rec: &IoRec) -> Result<()> {
         if rec.count == 0 || usize::from(rec.count) > crate::MAX_EXTENTS {
             return Err(IoRecError::BadCount { count: rec.count }.into());
@@ -100,6 +113,7 @@ impl Pool {
     }
 
     /// OUT → HELD for every buffer of `rec` (peer's iorec; all or nothing).
+    #[inline(always)]
     pub(crate) fn take_back(&mut self, rec: &IoRec) -> std::result::Result<(), IoRecError> {
         if rec.count == 0 || usize::from(rec.count) > crate::MAX_EXTENTS {
             return Err(IoRecError::BadCount { count: rec.count });
@@ -115,7 +129,28 @@ impl Pool {
         Ok(())
     }
 
+    /// OUT → FREE for every buffer of `rec` (peer's iorec; all or nothing): a TMM reclaim.
+    #[inline(always)]
+    pub(crate) fn take_back_free(&mut self, rec: &IoRec) -> std::result::Result<(), IoRecError> {
+        if rec.count == 0 || usize::from(rec.count) > crate::MAX_EXTENTS {
+            return Err(IoRecError::BadCount { count: rec.count });
+        }
+        let bufs = self
+            .buffers_in(rec, OUT)
+            .map_err(|i| IoRecError::NotOwned {
+                index: i,
+                offset: rec.extents[i].offset,
+                len: rec.extents[i].len,
+            })?;
+        for &b in &bufs[..rec.extents().len()] {
+            self.state[b as usize] = FREE;
+            self.free.push(b);
+        }
+        Ok(())
+    }
+
     /// HELD → FREE for every buffer of `rec`.
+    #[inline(always)]
     pub(crate) fn free_rec(&mut self, rec: &IoRec) -> Result<()> {
         let bufs = self.buffers_in(rec, HELD).map_err(|i| Error::NotHeld {
             offset: rec.extents[i].offset,
@@ -129,6 +164,7 @@ impl Pool {
     }
 
     /// Whether `e` lies inside a buffer the master holds.
+    #[inline(always)]
     pub(crate) fn is_held(&self, e: &Extent) -> bool {
         self.buffer_of(e)
             .is_some_and(|b| self.state[b as usize] == HELD)

@@ -6,7 +6,7 @@
 //! refresh (Acquire) and checked: it may only move forward, and by no more than is possible.
 //!
 //! Memory ordering, as in DPDK's `rte_ring_core.h`:
-//! - the producer writes slots (Relaxed), then stores its head with Release;
+//! - the producer writes slots (plain copies), then stores its head with Release;
 //!   the consumer loads that head with Acquire before reading the slots;
 //! - the consumer reads slots, then stores its tail with Release;
 //!   the producer loads that tail with Acquire before overwriting those slots.
@@ -17,31 +17,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::error::{FifoId, IndexError};
 use crate::iorec::IoRec;
 
-/// One slot: four words, see [`IoRec::encode`]. Atomics, because the peer writes them concurrently.
+/// One slot: four words, see [`IoRec::encode`]. Typed as atomics so that shared references to
+/// the control area are sound; the ring copies whole slots in and out with raw-pointer copies
+/// (two 16-byte moves instead of four 8-byte atomic ones: the producer's slot stores miss in cache
+/// while the consumer holds the line, and four stores per slot filled the store buffer and stalled
+/// the producer — measured 3x slower at batch 32).
 #[derive(Debug)]
 #[repr(C, align(32))]
 pub struct Slot(pub(crate) [AtomicU64; 4]);
-
-impl Slot {
-    /// Copies the slot out once (four Relaxed loads; ordering comes from the index Acquire).
-    #[inline]
-    pub(crate) fn load(&self) -> [u64; 4] {
-        [
-            self.0[0].load(Ordering::Relaxed),
-            self.0[1].load(Ordering::Relaxed),
-            self.0[2].load(Ordering::Relaxed),
-            self.0[3].load(Ordering::Relaxed),
-        ]
-    }
-
-    /// Writes the slot (Relaxed; published by the index Release that follows).
-    #[inline]
-    pub(crate) fn store(&self, w: [u64; 4]) {
-        for (a, v) in self.0.iter().zip(w) {
-            a.store(v, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Number of iorecs between two free-running indices (`later - earlier`, wrapping).
 #[inline]
@@ -126,12 +109,62 @@ impl FifoView {
         unsafe { self.tail.as_ref() }
     }
 
-    #[inline]
-    fn slot(&self, index: u32) -> &Slot {
+    #[inline(always)]
+    fn slot_ptr(&self, index: u32) -> *mut [u64; 4] {
         let i = (index & (self.size - 1)) as usize;
         // SAFETY: `slots` points to `size` slots kept alive by the owner; `i < size` by the mask
-        // (size is a power of two). Slots are atomics, so a shared reference is sound.
-        unsafe { &*self.slots.as_ptr().add(i) }
+        // (size is a power of two), so the offset stays inside the slot array.
+        unsafe { self.slots.as_ptr().add(i).cast::<[u64; 4]>() }
+    }
+
+    /// Starts fetching the cache lines of slots `index..index + n` (for writing if `write`), so
+    /// the transfers from the other core overlap instead of stalling one store or load at a time.
+    #[inline]
+    fn prefetch(&self, index: u32, n: u32, write: bool) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+            // Two 32-byte slots per 64-byte line.
+            let mut i = 0;
+            while i < n.min(self.size) {
+                let p = self
+                    .slot_ptr(index.wrapping_add(i))
+                    .cast::<i8>()
+                    .cast_const();
+                // SAFETY: a prefetch is only a hint: it never faults and has no visible effect.
+                // The address is inside the slot array anyway.
+                unsafe {
+                    if write {
+                        _mm_prefetch::<_MM_HINT_ET0>(p);
+                    } else {
+                        _mm_prefetch::<_MM_HINT_T0>(p);
+                    }
+                }
+                i += 2;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (index, n, write);
+    }
+
+    /// Copies slot `index` out, once, with a raw-pointer copy (no reference to shared memory).
+    /// Ordering comes from the index Acquire that precedes it.
+    #[inline(always)]
+    fn read_slot(&self, index: u32) -> [u64; 4] {
+        // SAFETY: the pointer is in bounds and aligned (slots are 32-byte aligned); every bit
+        // pattern is a valid `[u64; 4]`. A correct peer does not write this slot between its
+        // Release publish and our Release consume (the protocol's happens-before); a hostile one
+        // writing it concurrently lives in another process and can only change which bits we copy.
+        unsafe { self.slot_ptr(index).read() }
+    }
+
+    /// Writes slot `index` (published by the index Release that follows).
+    #[inline(always)]
+    fn write_slot(&self, index: u32, words: [u64; 4]) {
+        // SAFETY: in bounds and aligned as above; the mapping is writable (the control area is
+        // mapped read-write by both sides). The consumer does not read this slot until our
+        // Release publish (and released it before we reuse it: our Acquire of its tail).
+        unsafe { self.slot_ptr(index).write(words) }
     }
 }
 
@@ -186,12 +219,17 @@ impl ProdCursor {
         self.refresh()
     }
 
-    /// Writes `rec` into the `i`-th free slot (not yet published). Caller checked the room.
+    /// Announces that the next `n` slots will be written.
     #[inline]
+    pub(crate) fn prefetch(&self, n: u32) {
+        self.view.prefetch(self.head, n, true);
+    }
+
+    /// Writes `rec` into the `i`-th free slot (not yet published). Caller checked the room.
+    #[inline(always)]
     pub(crate) fn write(&self, i: u32, rec: &IoRec) {
         self.view
-            .slot(self.head.wrapping_add(i))
-            .store(rec.encode());
+            .write_slot(self.head.wrapping_add(i), rec.encode());
     }
 
     /// Publishes `n` written slots.
@@ -256,10 +294,16 @@ impl ConsCursor {
         self.refresh()
     }
 
-    /// Copies the `i`-th available slot out of shared memory, once. Caller checked availability.
+    /// Announces that the next `n` available slots will be read.
     #[inline]
+    pub(crate) fn prefetch(&self, n: u32) {
+        self.view.prefetch(self.tail, n, false);
+    }
+
+    /// Copies the `i`-th available slot out of shared memory, once. Caller checked availability.
+    #[inline(always)]
     pub(crate) fn read(&self, i: u32) -> IoRec {
-        IoRec::decode(self.view.slot(self.tail.wrapping_add(i)).load())
+        IoRec::decode(self.view.read_slot(self.tail.wrapping_add(i)))
     }
 
     /// Hands `n` read slots back to the producer.

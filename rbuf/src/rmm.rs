@@ -73,6 +73,7 @@ impl Consumer {
     }
 
     /// Posts free buffers on the empty FIFO, as many as fit; returns how many.
+    #[inline]
     pub fn post_free(&mut self) -> Result<usize> {
         self.core.check()?;
         let want = u32::try_from(self.pool.free_count()).unwrap_or(u32::MAX);
@@ -101,6 +102,7 @@ impl Consumer {
 
     /// Pops one filled buffer. `Ok(None)`: nothing there. An iorec that does not name a buffer
     /// this side posted is consumed, counted and returned as `Err(InvalidIoRec)`.
+    #[inline]
     pub fn pop(&mut self) -> Result<Option<RxPacket>> {
         self.core.check()?;
         let avail = self
@@ -129,6 +131,7 @@ impl Consumer {
 
     /// Pops up to `max` filled buffers into `out`; returns how many. Invalid iorecs are consumed,
     /// counted and skipped.
+    #[inline]
     pub fn pop_batch(&mut self, out: &mut Vec<RxPacket>, max: usize) -> Result<usize> {
         self.core.check()?;
         let want = u32::try_from(max).unwrap_or(u32::MAX);
@@ -155,6 +158,7 @@ impl Consumer {
     /// The packet's bytes (first extent; the driver fills one buffer per frame). Sound because the
     /// buffer is held by this side: the driver writes a buffer only between our post and its
     /// `push_full`, and `repost`/`release` take the packet by value, ending this borrow first.
+    #[inline]
     pub fn payload(&self, pkt: &RxPacket) -> &[u8] {
         let e = pkt.rec.extents[0];
         // SAFETY: `accept` proved the extent lies inside one buffer of the pool, inside the data
@@ -170,6 +174,7 @@ impl Consumer {
     }
 
     /// Copies the packet's bytes (all extents) into `dst`; returns the length.
+    #[inline]
     pub fn copy_out(&self, pkt: &RxPacket, dst: &mut [u8]) -> Result<usize> {
         // SAFETY: `dst` is a live exclusive slice in private memory: valid for writes of its
         // length and not overlapping the mapping.
@@ -178,12 +183,14 @@ impl Consumer {
 
     /// Gives the packet's buffer back to the driver: frees it and posts free buffers (it stays in
     /// the free pool if the empty FIFO is full).
+    #[inline]
     pub fn repost(&mut self, pkt: RxPacket) -> Result<()> {
         self.pool.free_rec(&pkt.rec)?;
         self.post_free().map(|_| ())
     }
 
     /// Returns the packet's buffer to the free pool (post it later with `post_free`).
+    #[inline]
     pub fn release(&mut self, pkt: RxPacket) -> Result<()> {
         self.pool.free_rec(&pkt.rec)
     }
@@ -276,6 +283,7 @@ impl Producer {
     /// Takes one empty buffer, validated. `Ok(None)`: none posted (or no room to push it back);
     /// the caller drops the frame and counts it. An invalid iorec is consumed, counted and
     /// returned as `Err(InvalidIoRec)`.
+    #[inline]
     pub fn take_empty(&mut self) -> Result<Option<IoRec>> {
         self.core.check()?;
         if takeable(
@@ -303,6 +311,7 @@ impl Producer {
     }
 
     /// Takes up to `out.len()` empty buffers; returns how many valid ones it stored at the front.
+    #[inline]
     pub fn take_empty_batch(&mut self, out: &mut [IoRec]) -> Result<usize> {
         self.core.check()?;
         let want = u32::try_from(out.len()).unwrap_or(u32::MAX);
@@ -313,14 +322,13 @@ impl Producer {
             self.held,
             want,
         )?;
+        self.empty.prefetch(n);
         let mut k = 0;
         for i in 0..n {
-            let rec = self.empty.read(i);
-            match rec.validate(&self.core.limits) {
-                Ok(()) => {
-                    out[k] = rec;
-                    k += 1;
-                }
+            // Decoded straight into the caller's array (a private copy), then validated there.
+            out[k] = self.empty.read(i);
+            match out[k].validate(&self.core.limits) {
+                Ok(()) => k += 1,
                 Err(e) => {
                     self.core.invalid(e);
                 }
@@ -337,6 +345,7 @@ impl Producer {
 
     /// Copies `frame` into the buffer `rec` names (extents in order). `Err(TooLarge)` if it does
     /// not fit; the buffer stays held for the next frame.
+    #[inline]
     pub fn copy_in(&mut self, rec: &IoRec, frame: &[u8]) -> Result<()> {
         // SAFETY: `frame` is a live slice of private memory: valid for reads of its length, and
         // not part of the data mapping.
@@ -353,11 +362,13 @@ impl Producer {
     }
 
     /// Pushes a filled buffer with its actual length: the extents are trimmed to `len` bytes.
+    #[inline]
     pub fn push_full(&mut self, rec: IoRec, len: usize) -> Result<()> {
         self.push_full_batch(&[(rec, len)])
     }
 
     /// Pushes filled buffers (never `Full` while the peer's index is sane: `take_empty` kept room).
+    #[inline]
     pub fn push_full_batch(&mut self, recs: &[(IoRec, usize)]) -> Result<()> {
         self.core.check()?;
         let n = u32::try_from(recs.len()).unwrap_or(u32::MAX);
@@ -371,6 +382,7 @@ impl Producer {
         if room < n {
             return Err(Error::Full);
         }
+        self.full.prefetch(n);
         for (i, (rec, len)) in recs.iter().enumerate() {
             let mut out = *rec;
             let mut left = *len as u64;

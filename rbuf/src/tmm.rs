@@ -48,6 +48,7 @@ impl Producer {
 
     /// Takes a free buffer for `len` bytes (reclaiming returned ones first if none is free).
     /// `Ok(None)`: every buffer is in flight. The extent covers `len` bytes at the buffer's start.
+    #[inline]
     pub fn alloc(&mut self, len: usize) -> Result<Option<Extent>> {
         self.core.check()?;
         let max = self.pool.buf_len() as usize;
@@ -65,6 +66,7 @@ impl Producer {
 
     /// The writable bytes of `extent`, which must lie in a buffer this producer holds (allocated,
     /// not yet pushed).
+    #[inline]
     pub fn buf_mut(&mut self, extent: Extent) -> Result<&mut [u8]> {
         if !self.pool.is_held(&extent) {
             return Err(Error::NotHeld {
@@ -91,6 +93,7 @@ impl Producer {
 
     /// Pushes one iorec (its extents in distinct buffers this producer holds). `Err(Full)`: the
     /// full FIFO has no room (back-pressure); try later.
+    #[inline]
     pub fn push(&mut self, rec: IoRec) -> Result<()> {
         match self.push_batch(std::slice::from_ref(&rec))? {
             1 => Ok(()),
@@ -100,6 +103,7 @@ impl Producer {
 
     /// Pushes as many of `recs` as there is room for, in order; returns how many (0 = full).
     /// An iorec naming buffers this producer does not hold stops the batch (an error if first).
+    #[inline]
     pub fn push_batch(&mut self, recs: &[IoRec]) -> Result<usize> {
         self.core.check()?;
         let want = u32::try_from(recs.len()).unwrap_or(u32::MAX);
@@ -119,6 +123,7 @@ impl Producer {
         if n < want {
             self.core.counters.full += 1;
         }
+        self.full.prefetch(n);
         let mut done = 0u32;
         let mut err = None;
         for rec in &recs[..n as usize] {
@@ -148,6 +153,7 @@ impl Producer {
     /// Iorecs naming buffers that are not in flight are counted and discarded. (`alloc`,
     /// `push_batch` on a full FIFO and the waits call it too: the consumer only pops while it has
     /// room to hand buffers back.)
+    #[inline]
     pub fn reclaim(&mut self) -> Result<usize> {
         self.since_reclaim = 0;
         reclaim(&mut self.core, &self.waker, &mut self.empty, &mut self.pool)
@@ -224,15 +230,12 @@ fn reclaim(
 ) -> Result<usize> {
     core.check()?;
     let avail = empty.refresh().map_err(|e| core.index_violation(e))?;
+    empty.prefetch(avail);
     let mut ok = 0;
     for i in 0..avail {
         let rec = empty.read(i);
-        match pool.take_back(&rec) {
-            Ok(()) => {
-                // Cannot fail: take_back just made every buffer of `rec` HELD.
-                let _ = pool.free_rec(&rec);
-                ok += 1;
-            }
+        match pool.take_back_free(&rec) {
+            Ok(()) => ok += 1,
             Err(e) => {
                 core.invalid(e);
             }
@@ -294,6 +297,7 @@ impl Consumer {
 
     /// Pops one iorec, validated. `Ok(None)`: nothing there (or no room to release it later).
     /// An invalid iorec is consumed, counted and returned as `Err(InvalidIoRec)`.
+    #[inline]
     pub fn pop(&mut self) -> Result<Option<IoRec>> {
         self.core.check()?;
         if poppable(
@@ -321,6 +325,7 @@ impl Consumer {
 
     /// Pops up to `out.len()` iorecs; returns how many valid ones it stored at the front of
     /// `out`. Invalid ones are consumed, counted and skipped.
+    #[inline]
     pub fn pop_batch(&mut self, out: &mut [IoRec]) -> Result<usize> {
         self.core.check()?;
         let want = u32::try_from(out.len()).unwrap_or(u32::MAX);
@@ -331,14 +336,13 @@ impl Consumer {
             self.held,
             want,
         )?;
+        self.full.prefetch(n);
         let mut k = 0;
         for i in 0..n {
-            let rec = self.full.read(i);
-            match rec.validate(&self.core.limits) {
-                Ok(()) => {
-                    out[k] = rec;
-                    k += 1;
-                }
+            // Decoded straight into the caller's array (a private copy), then validated there.
+            out[k] = self.full.read(i);
+            match out[k].validate(&self.core.limits) {
+                Ok(()) => k += 1,
                 Err(e) => {
                     self.core.invalid(e);
                 }
@@ -355,6 +359,7 @@ impl Consumer {
 
     /// Copies the bytes of `rec`'s extents, in order, into `dst`; returns the length. The bytes
     /// are the producer's and may change while we copy: check headers in the copy, not before.
+    #[inline]
     pub fn copy_out(&self, rec: &IoRec, dst: &mut [u8]) -> Result<usize> {
         // SAFETY: `dst` is a live exclusive slice of `dst.len()` bytes in private memory, so it is
         // valid for writes and cannot overlap the shared mapping.
@@ -376,11 +381,13 @@ impl Consumer {
     }
 
     /// Hands one popped iorec back to the producer on the empty FIFO.
+    #[inline]
     pub fn release(&mut self, rec: IoRec) -> Result<()> {
         self.release_batch(std::slice::from_ref(&rec))
     }
 
     /// Hands popped iorecs back (never `Full` while the peer's index is sane: `pop` kept room).
+    #[inline]
     pub fn release_batch(&mut self, recs: &[IoRec]) -> Result<()> {
         self.core.check()?;
         let n = u32::try_from(recs.len()).unwrap_or(u32::MAX);
@@ -394,6 +401,7 @@ impl Consumer {
         if room < n {
             return Err(Error::Full);
         }
+        self.empty.prefetch(n);
         for (i, rec) in recs.iter().enumerate() {
             self.empty.write(i as u32, rec);
         }

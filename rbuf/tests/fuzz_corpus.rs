@@ -1,6 +1,8 @@
 //! Replays the committed cargo-fuzz corpora (`fuzz/corpus/<target>/`) through the same bodies the
 //! fuzz targets run, so every seed (and every crash found and added later) is an ordinary test.
 
+#![allow(clippy::unwrap_used)] // a test helper outside #[test] fns
+
 use std::path::Path;
 
 fn replay(target: &str, body: fn(&[u8])) {

@@ -402,9 +402,11 @@ fn throughput(imp: Imp, n: u64, batch: usize) -> Result<f64, String> {
     let mut recs = vec![IoRec::default(); batch];
     let mut elems = vec![[0u64; 2]; batch];
     let mut got = 0u64;
+    let mut polls = 0u32;
     let t0 = Instant::now();
     go(&c)?;
     while got < n {
+        polls = polls.wrapping_add(1);
         let k = match imp {
             Imp::Rbuf => {
                 let k = c.drv.pop_batch(&mut recs).map_err(|e| e.to_string())?;
@@ -426,7 +428,7 @@ fn throughput(imp: Imp, n: u64, batch: usize) -> Result<f64, String> {
         if k == 0 {
             std::hint::spin_loop();
         }
-        if t0.elapsed() > Duration::from_secs(120) {
+        if polls % (1 << 20) == 0 && t0.elapsed() > Duration::from_secs(120) {
             return Err(format!("{imp:?} batch {batch}: stalled at {got}/{n}"));
         }
     }
@@ -527,7 +529,10 @@ fn parent(iters: u64, runs: usize, lat_samples: u64) -> Result<(), String> {
 }
 
 fn measure(iters: u64, runs: usize, lat_samples: u64) -> Result<(), String> {
-    println!("Cross-process, producer on CPU 1, consumer on CPU 0; {runs} runs, medians.\n");
+    println!(
+        "Cross-process, producer on CPU 1, consumer on CPU 0; {runs} runs, medians; rbuf wakes with membarrier: {}.\n",
+        nemflow_rbuf::uses_membarrier()
+    );
     println!("| batch | rte_ring (M entries/s) | rbuf (M iorecs/s) | rbuf / rte_ring |");
     println!("|---|---|---|---|");
     for batch in [1usize, 8, 32] {
