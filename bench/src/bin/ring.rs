@@ -26,8 +26,9 @@ use rustix::mm::{MapFlags, ProtFlags};
 const RING_SP_SC: u32 = 0x0001 | 0x0002;
 /// Slots per ring (both implementations).
 const SLOTS: u32 = 1024;
-/// Bytes of one `rte_ring` element.
-const ELEM_BYTES: u32 = 16;
+/// Largest `rte_ring` element the shared rings are sized for (the anchor uses 16; 32 is shown too,
+/// the size of an rbuf slot).
+const MAX_ELEM_BYTES: u32 = 32;
 
 fn spec() -> ChannelSpec {
     ChannelSpec {
@@ -42,6 +43,8 @@ fn spec() -> ChannelSpec {
 enum Imp {
     Rbuf,
     RteRing,
+    /// `rte_ring` with 32-byte elements: the same bytes per entry as an rbuf slot.
+    RteRing32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -75,7 +78,7 @@ struct RtePair {
 impl RtePair {
     fn memsize() -> usize {
         // SAFETY: a pure size computation on plain integers.
-        let n = unsafe { dpdk_sys::rte_ring_get_memsize_elem(ELEM_BYTES, SLOTS) };
+        let n = unsafe { dpdk_sys::rte_ring_get_memsize_elem(MAX_ELEM_BYTES, SLOTS) };
         usize::try_from(n).unwrap_or(0).div_ceil(4096) * 4096
     }
 
@@ -129,14 +132,15 @@ impl RtePair {
     }
 
     /// Enqueues up to `n` 16-byte elements from `elems`; returns how many.
-    fn enqueue(&self, i: usize, elems: &[[u64; 2]]) -> usize {
-        // SAFETY: the ring was initialised by `rte_ring_init` for 16-byte elements and this process
-        // is its single producer; `elems` is valid for `elems.len()` elements of 16 bytes.
+    fn enqueue<const N: usize>(&self, i: usize, elems: &[[u64; N]]) -> usize {
+        // SAFETY: the ring was initialised by `rte_ring_init` in memory sized for elements of up to
+        // MAX_ELEM_BYTES (N * 8 ≤ 32; each run uses one size throughout) and this process is its
+        // single producer; `elems` is valid for `elems.len()` elements of N * 8 bytes.
         unsafe {
             dpdk_sys::rte_ring_enqueue_burst_elem(
                 self.ring(i),
                 elems.as_ptr().cast(),
-                ELEM_BYTES,
+                (N * 8) as u32,
                 elems.len() as u32,
                 std::ptr::null_mut(),
             ) as usize
@@ -144,14 +148,14 @@ impl RtePair {
     }
 
     /// Dequeues up to `out.len()` elements; returns how many.
-    fn dequeue(&self, i: usize, out: &mut [[u64; 2]]) -> usize {
+    fn dequeue<const N: usize>(&self, i: usize, out: &mut [[u64; N]]) -> usize {
         // SAFETY: as in `enqueue`, this process is the single consumer; `out` is valid for writes
         // of `out.len()` 16-byte elements.
         unsafe {
             dpdk_sys::rte_ring_dequeue_burst_elem(
                 self.ring(i),
                 out.as_mut_ptr().cast(),
-                ELEM_BYTES,
+                (N * 8) as u32,
                 out.len() as u32,
                 std::ptr::null_mut(),
             ) as usize
@@ -174,10 +178,10 @@ const EMPTY: usize = 1;
 
 fn child(args: &[String]) -> Result<(), String> {
     let sock_name = args.first().ok_or("missing socket")?;
-    let imp = if args.get(1).map(String::as_str) == Some("rbuf") {
-        Imp::Rbuf
-    } else {
-        Imp::RteRing
+    let imp = match args.get(1).map(String::as_str) {
+        Some("rbuf") => Imp::Rbuf,
+        Some("rte32") => Imp::RteRing32,
+        _ => Imp::RteRing,
     };
     let num = |i: usize| {
         args.get(i)
@@ -210,11 +214,15 @@ fn child(args: &[String]) -> Result<(), String> {
     match (imp, work) {
         (Imp::Rbuf, Work::Throughput { n, batch }) => rbuf_tput(&mut p, n, batch),
         (Imp::RteRing, Work::Throughput { n, batch }) => {
-            rte_tput(&rte, n, batch);
+            rte_tput::<2>(&rte, n, batch);
+            Ok(())
+        }
+        (Imp::RteRing32, Work::Throughput { n, batch }) => {
+            rte_tput::<4>(&rte, n, batch);
             Ok(())
         }
         (Imp::Rbuf, Work::Latency { n, gap_ns, .. }) => rbuf_lat(&mut p, n, gap_ns),
-        (Imp::RteRing, Work::Latency { n, gap_ns, .. }) => {
+        (Imp::RteRing | Imp::RteRing32, Work::Latency { n, gap_ns, .. }) => {
             rte_lat(&rte, n, gap_ns);
             Ok(())
         }
@@ -260,8 +268,8 @@ fn drain(p: &mut tmm::Producer) -> Result<(), String> {
     Ok(())
 }
 
-fn rte_tput(rte: &RtePair, n: u64, batch: usize) {
-    let mut elems = vec![[0u64; 2]; batch];
+fn rte_tput<const N: usize>(rte: &RtePair, n: u64, batch: usize) {
+    let mut elems = vec![[0u64; N]; batch];
     let mut ready = 0usize;
     let mut sent = 0u64;
     while sent < n {
@@ -350,16 +358,23 @@ fn start(imp: Imp, work: Work) -> Result<Case, String> {
     let drv = tmm::Consumer::attach(&spec, fds.with_read_only_data().map_err(s)?).map_err(s)?;
     let (rte, rte_fd) = RtePair::create()?;
     // Pre-fill the rte_ring "empty" ring with buffer tokens, as many as it holds.
-    let tokens: Vec<[u64; 2]> = (0..u64::from(SLOTS) - 1).map(|i| [i, 64]).collect();
-    rte.enqueue(EMPTY, &tokens);
+    if imp == Imp::RteRing32 {
+        let tokens: Vec<[u64; 4]> = (0..u64::from(SLOTS) - 1).map(|i| [i, 64, 0, 0]).collect();
+        rte.enqueue(EMPTY, &tokens);
+    } else {
+        let tokens: Vec<[u64; 2]> = (0..u64::from(SLOTS) - 1).map(|i| [i, 64]).collect();
+        rte.enqueue(EMPTY, &tokens);
+    }
     let name = format!("nemflow-bench-ring-{}-{}", std::process::id(), now_ns());
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
     let listener = UnixListener::bind_addr(&addr).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--child")
-        .arg(&name)
-        .arg(if imp == Imp::Rbuf { "rbuf" } else { "rte" });
+    cmd.arg("--child").arg(&name).arg(match imp {
+        Imp::Rbuf => "rbuf",
+        Imp::RteRing => "rte",
+        Imp::RteRing32 => "rte32",
+    });
     match work {
         Work::Throughput { n, batch } => {
             cmd.args(["tput".to_string(), n.to_string(), batch.to_string()])
@@ -401,6 +416,7 @@ fn throughput(imp: Imp, n: u64, batch: usize) -> Result<f64, String> {
     let mut c = start(imp, Work::Throughput { n, batch })?;
     let mut recs = vec![IoRec::default(); batch];
     let mut elems = vec![[0u64; 2]; batch];
+    let mut elems32 = vec![[0u64; 4]; batch];
     let mut got = 0u64;
     let mut polls = 0u32;
     let t0 = Instant::now();
@@ -420,6 +436,14 @@ fn throughput(imp: Imp, n: u64, batch: usize) -> Result<f64, String> {
                 let mut done = 0;
                 while done < k {
                     done += c.rte.enqueue(EMPTY, &elems[done..k]);
+                }
+                k
+            }
+            Imp::RteRing32 => {
+                let k = c.rte.dequeue(FULL, &mut elems32);
+                let mut done = 0;
+                while done < k {
+                    done += c.rte.enqueue(EMPTY, &elems32[done..k]);
                 }
                 k
             }
@@ -471,7 +495,7 @@ fn latency(imp: Imp, n: u64, blocking: bool) -> Result<Histogram<u64>, String> {
                             .map_err(|e| e.to_string())?;
                     }
                 }
-                Imp::RteRing => {
+                Imp::RteRing | Imp::RteRing32 => {
                     if c.rte.dequeue(FULL, &mut tok) == 1 {
                         let now = now_ns();
                         let t = tok[0][0];
@@ -533,17 +557,22 @@ fn measure(iters: u64, runs: usize, lat_samples: u64) -> Result<(), String> {
         "Cross-process, producer on CPU 1, consumer on CPU 0; {runs} runs, medians; rbuf wakes with membarrier: {}.\n",
         nemflow_rbuf::uses_membarrier()
     );
-    println!("| batch | rte_ring (M entries/s) | rbuf (M iorecs/s) | rbuf / rte_ring |");
-    println!("|---|---|---|---|");
+    println!("| batch | rte_ring 16 B (M entries/s) | rbuf (M iorecs/s) | rbuf / rte_ring | rte_ring 32 B (M entries/s) | rbuf / rte_ring 32 B |");
+    println!("|---|---|---|---|---|---|");
     for batch in [1usize, 8, 32] {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             a.push(throughput(Imp::RteRing, iters, batch)? / 1e6);
             b.push(throughput(Imp::Rbuf, iters, batch)? / 1e6);
+            c.push(throughput(Imp::RteRing32, iters, batch)? / 1e6);
         }
-        eprintln!("batch {batch}: rte {a:.1?} rbuf {b:.1?}");
-        let (ma, mb) = (median(&mut a), median(&mut b));
-        println!("| {batch} | {ma:.1} | {mb:.1} | {:.2} |", mb / ma);
+        eprintln!("batch {batch}: rte16 {a:.1?} rbuf {b:.1?} rte32 {c:.1?}");
+        let (ma, mb, mc) = (median(&mut a), median(&mut b), median(&mut c));
+        println!(
+            "| {batch} | {ma:.1} | {mb:.1} | {:.2} | {mc:.1} | {:.2} |",
+            mb / ma,
+            mb / mc
+        );
     }
     println!("\n| one-way latency (ns) | p50 | p99 | p99.9 |");
     println!("|---|---|---|---|");
