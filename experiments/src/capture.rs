@@ -28,7 +28,12 @@ pub struct Capture {
 
 impl Capture {
     /// Starts capturing on `iface` inside `netns`.
-    pub fn start(netns: &str, iface: &str, classify: Classifier, pcap: Option<&Path>) -> Result<Self, String> {
+    pub fn start(
+        netns: &str,
+        iface: &str,
+        classify: Classifier,
+        pcap: Option<&Path>,
+    ) -> Result<Self, String> {
         let sock = RawSocket::bind_in(netns, iface)?;
         sock.enable_timestamps()?;
         let mut writer = match pcap {
@@ -39,7 +44,10 @@ impl Capture {
                     snaplen: 65535,
                     ..PcapHeader::default()
                 };
-                Some(PcapWriter::with_header(BufWriter::new(file), header).map_err(|e| e.to_string())?)
+                Some(
+                    PcapWriter::with_header(BufWriter::new(file), header)
+                        .map_err(|e| e.to_string())?,
+                )
             }
             None => None,
         };
@@ -49,16 +57,22 @@ impl Capture {
             let mut buf = vec![0u8; 65536];
             let mut samples = Vec::with_capacity(1 << 20);
             while !flag.load(Ordering::Relaxed) {
-                let Some((n, t_ns)) = sock.recv_timestamped(Duration::from_millis(50), &mut buf) else {
+                let Some((n, t_ns)) = sock.recv_timestamped(Duration::from_millis(50), &mut buf)
+                else {
                     continue;
                 };
                 let frame = &buf[..n];
                 if let Some(w) = writer.as_mut() {
                     let ts = Duration::from_nanos(t_ns);
-                    w.write_packet(&PcapPacket::new(ts, n as u32, frame)).map_err(|e| e.to_string())?;
+                    w.write_packet(&PcapPacket::new(ts, n as u32, frame))
+                        .map_err(|e| e.to_string())?;
                 }
                 if let Some(flow) = classify(frame) {
-                    samples.push(Sample { t_ns, flow, len: n as u32 });
+                    samples.push(Sample {
+                        t_ns,
+                        flow,
+                        len: n as u32,
+                    });
                 }
             }
             Ok(samples)
@@ -69,7 +83,9 @@ impl Capture {
     /// Stops and returns the samples, in arrival order.
     pub fn finish(self) -> Result<Vec<Sample>, String> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().map_err(|_| "capture thread panicked".to_string())?
+        self.thread
+            .join()
+            .map_err(|_| "capture thread panicked".to_string())?
     }
 }
 

@@ -1,6 +1,7 @@
-//! Helpers shared by nemflow's integration tests: unique names, network namespaces, raw
-//! AF_PACKET sockets on kernel interfaces, and guards that clean up DPDK runtime files, tap
-//! interfaces and namespaces even when a test fails midway.
+//! Helpers shared by nemflow's integration tests and its experiments harness: unique names,
+//! network namespaces, raw AF_PACKET sockets on kernel interfaces, hand-made frames, real driver
+//! and flow-manager processes, and guards that clean up DPDK runtime files, tap interfaces and
+//! namespaces even when a test fails midway.
 //!
 //! Tests that use these need root (CI runs as root); they fail with a clear message otherwise.
 
@@ -9,6 +10,7 @@ pub mod flows;
 pub mod frames;
 mod netns;
 mod raw;
+pub mod system;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

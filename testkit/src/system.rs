@@ -1,0 +1,123 @@
+//! A whole nemflow host for end-to-end tests and experiments: the real driver on net_tap (its
+//! remote host in a network namespace) and the real flow manager on it, sharing one config.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::driver::{workspace_binary, DriverOptions, DriverProcess};
+
+/// A running driver and flow manager. Dropping it stops the flow manager, then the driver.
+#[derive(Debug)]
+pub struct NemflowHost {
+    flowmgr: Child,
+    /// The flow manager's application socket (`NEMFLOW_FLOWMGR_SOCKET` for apps).
+    pub socket: PathBuf,
+    /// The flow manager's log.
+    pub flowmgr_log: PathBuf,
+    /// The driver (and its remote-host namespace).
+    pub driver: DriverProcess,
+    dir: tempfile::TempDir,
+}
+
+impl NemflowHost {
+    /// Starts both daemons from the workspace's binaries. `flowmgr_yaml` is extra YAML for the
+    /// `flowmgr:` section (indented by two spaces), e.g. policy for a test.
+    pub fn start(opts: &DriverOptions, flowmgr_yaml: &str) -> Result<Self, String> {
+        crate::require_root();
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        // Unprivileged test clients must reach the socket inside.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        let socket = dir.path().join("flowmgr.sock");
+        let mut opts = opts.clone();
+        opts.extra_yaml = format!(
+            "{}flowmgr:\n  socket: {}\n  socket_mode: 0o666\n{flowmgr_yaml}",
+            opts.extra_yaml,
+            socket.display()
+        );
+        let driver_bin = workspace_binary("nemflow-driver");
+        let flowmgr_bin = workspace_binary("nemflow-flowmgr");
+        for bin in [&driver_bin, &flowmgr_bin] {
+            if !bin.exists() {
+                return Err(format!(
+                    "{} is missing: build the workspace's binaries first (cargo build --workspace --bins; ./run test does)",
+                    bin.display()
+                ));
+            }
+        }
+        let driver = DriverProcess::start(&driver_bin, &opts)?;
+        let flowmgr_log = dir.path().join("flowmgr.log");
+        let log = std::fs::File::create(&flowmgr_log).map_err(|e| e.to_string())?;
+        let mut flowmgr = Command::new(&flowmgr_bin)
+            .arg("--config")
+            .arg(&driver.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", flowmgr_bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(status)) = flowmgr.try_wait() {
+                let text = std::fs::read_to_string(&flowmgr_log).unwrap_or_default();
+                return Err(format!("nemflow-flowmgr exited with {status}: {text}"));
+            }
+            if Instant::now() > deadline {
+                let _ = flowmgr.kill();
+                return Err("nemflow-flowmgr did not come up within 15 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Self {
+            flowmgr,
+            socket,
+            flowmgr_log,
+            driver,
+            dir,
+        })
+    }
+
+    /// A directory that lives as long as the host (for app logs and the like).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The flow manager's process id.
+    pub fn flowmgr_pid(&self) -> u32 {
+        self.flowmgr.id()
+    }
+
+    /// A command for a workspace binary (an app), pointed at this host's flow manager.
+    pub fn app(&self, name: &str) -> Command {
+        let mut cmd = Command::new(workspace_binary(name));
+        cmd.env("NEMFLOW_FLOWMGR_SOCKET", &self.socket);
+        cmd
+    }
+}
+
+impl Drop for NemflowHost {
+    fn drop(&mut self) {
+        stop_child(&mut self.flowmgr);
+    }
+}
+
+/// Stops a child with SIGTERM (SIGKILL after 5 s) and reaps it.
+pub fn stop_child(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
