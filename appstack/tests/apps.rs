@@ -65,17 +65,19 @@ fn sink_cost_schedule_slows_down_every_n_packets() {
         cost: Duration::from_micros(1),
         slowdown: Some(Slowdown {
             every: 20_000,
-            packets: 500,
-            cost: Duration::from_micros(300),
+            step: Duration::from_micros(300),
         }),
         ..SinkOptions::default()
     };
     assert_eq!(o.cost_of(0), Duration::from_micros(1));
     assert_eq!(o.cost_of(19_999), Duration::from_micros(1));
-    assert_eq!(o.cost_of(20_000), Duration::from_micros(300));
-    assert_eq!(o.cost_of(20_499), Duration::from_micros(300));
-    assert_eq!(o.cost_of(20_500), Duration::from_micros(1));
-    assert_eq!(o.cost_of(40_000), Duration::from_micros(300));
+    assert_eq!(o.cost_of(20_000), Duration::from_micros(301));
+    assert_eq!(o.cost_of(39_999), Duration::from_micros(301));
+    assert_eq!(
+        o.cost_of(40_000),
+        Duration::from_micros(601),
+        "each slowdown adds, for good"
+    );
 
     // And the time is really spent: 40 datagrams, the last 20 at 2 ms each.
     let ((mut a, mut da), (mut b, mut db)) =
@@ -89,8 +91,7 @@ fn sink_cost_schedule_slows_down_every_n_packets() {
         cost: Duration::ZERO,
         slowdown: Some(Slowdown {
             every: 20,
-            packets: 20,
-            cost: Duration::from_millis(2),
+            step: Duration::from_millis(2),
         }),
         ..SinkOptions::default()
     };
@@ -142,7 +143,7 @@ fn echo_server_answers_a_connected_client() {
 }
 
 #[test]
-fn binaries_have_help_and_fail_honestly_without_a_flow_manager() {
+fn binaries_have_help_and_say_when_the_flow_manager_is_absent() {
     for (bin, args) in [
         (
             env!("CARGO_BIN_EXE_udp-blast"),
@@ -158,13 +159,18 @@ fn binaries_have_help_and_fail_honestly_without_a_flow_manager() {
             text.contains("Usage:") && text.contains("nemflow"),
             "{text}"
         );
-        let run = Command::new(bin).args(&args).output().unwrap();
+        let run = Command::new(bin)
+            .args(&args)
+            .env("NEMFLOW_FLOWMGR_SOCKET", "/nonexistent/flowmgr.sock")
+            .output()
+            .unwrap();
         assert_eq!(run.status.code(), Some(2), "{bin}");
         let err = String::from_utf8_lossy(&run.stderr);
         assert!(
-            err.contains("flow manager client not available yet"),
+            err.contains("no flow manager at /nonexistent/flowmgr.sock"),
             "{err}"
         );
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(run.stdout.is_empty(), "no fake output");
     }
 }

@@ -112,7 +112,7 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
         round = round.wrapping_add(1);
         let busy = work.received > 0 || work.sent > 0;
         let mut served = 0;
-        if !busy || round % CONTROL_EVERY == 0 {
+        if !busy || round.is_multiple_of(CONTROL_EVERY) {
             served = control.poll(&mut dp, now_ns);
         }
         if busy || served > 0 {

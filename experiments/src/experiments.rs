@@ -2,7 +2,7 @@
 
 use crate::definition::Definition;
 use crate::plot;
-use crate::report::{judge, FlowResult, Summary};
+use crate::report::{judge, Check, FlowResult, Summary};
 use crate::run::{senders_on_nemflow, RunOptions};
 use crate::series::{Series, WindowStats};
 
@@ -196,16 +196,16 @@ fn fig6(def: &Definition, opts: &RunOptions) -> Result<Summary, String> {
     };
     let (n_cv, l_cv) = (cv(&nemflow), cv(&linux));
     let checks = vec![
-        (
-            "nemflow total ≥ 95% of link".to_string(),
+        Check::new(
+            "nemflow total ≥ 95% of link",
             n_total.mean >= 0.95 * link_mbps,
             format!(
                 "{:.2} of {:.2} Mbit/s (Linux: {:.2})",
                 n_total.mean, link_mbps, l_total.mean
             ),
         ),
-        (
-            "nemflow smoother than Linux".to_string(),
+        Check::new(
+            "nemflow smoother than Linux",
             n_cv < l_cv,
             format!("mean per-sender CV {n_cv:.4} vs Linux {l_cv:.4}"),
         ),

@@ -18,7 +18,7 @@ use nemflow_testkit::frames::{HOST_MAC, PEER_MAC};
 use crate::definition::{Definition, Receiver};
 use crate::linux::{VethLink, LINUX_HOST, LINUX_REMOTE};
 use crate::pacer::{self, Stream};
-use crate::report::{judge, FlowResult, Summary};
+use crate::report::{judge, Check, FlowResult, Summary};
 use crate::run::{in_netns, samples_from_sink_log, start_host, Children, RunOptions};
 use crate::series::{Sample, Series};
 
@@ -168,8 +168,8 @@ pub fn fig7(def: &Definition, opts: &RunOptions) -> Result<Summary, String> {
             .worst_error(r1.rate_bps as f64 / 1e6)
             <= 0.01;
     let mut checks = checks;
-    checks.push((
-        "Linux isolates the sinks (reported, not judged)".into(),
+    checks.push(Check::new(
+        "Linux isolates the sinks (reported, not judged)",
         true,
         format!(
             "{}: sink 1 lost {}, worst window {:.2}%",
@@ -217,7 +217,7 @@ fn on_nemflow(
     def: &Definition,
     opts: &RunOptions,
     scale: f64,
-) -> Result<(NemflowRun, Vec<(String, bool, String)>), String> {
+) -> Result<(NemflowRun, Vec<Check>), String> {
     let host = start_host(def)?;
     let mut children = Children::default();
     for r in &def.receivers {
@@ -323,8 +323,8 @@ fn on_nemflow(
     let mut checks = Vec::new();
     let last = ids.len() - 1;
     let (id2, got2, sent2) = (ids[last], sinks[last].received, sent[last]);
-    checks.push((
-        "sink 2: received + driver-logged drops = sent".into(),
+    checks.push(Check::new(
+        "sink 2: received + driver-logged drops = sent",
         got2 + drops_of(id2) == sent2,
         format!(
             "{got2} + {} = {} (sent {sent2})",
@@ -333,8 +333,8 @@ fn on_nemflow(
         ),
     ));
     let foreign = rx_drops.iter().filter(|e| e.flow != Some(id2)).count();
-    checks.push((
-        "every receive drop in the driver log is sink 2's".into(),
+    checks.push(Check::new(
+        "every receive drop in the driver log is sink 2's",
         foreign == 0 && !rx_drops.is_empty(),
         format!("{} drops logged, {foreign} of other flows", rx_drops.len()),
     ));

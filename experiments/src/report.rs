@@ -29,6 +29,28 @@ pub struct FlowResult {
     pub note: String,
 }
 
+/// An experiment-wide check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What is checked.
+    pub name: String,
+    /// Whether it held.
+    pub pass: bool,
+    /// The numbers behind it.
+    pub detail: String,
+}
+
+impl Check {
+    /// A check.
+    pub fn new(name: impl Into<String>, pass: bool, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            pass,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// Everything an experiment run concluded.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -40,8 +62,8 @@ pub struct Summary {
     pub duration_s: f64,
     /// Per-flow results.
     pub flows: Vec<FlowResult>,
-    /// Experiment-wide checks (name, pass, detail).
-    pub checks: Vec<(String, bool, String)>,
+    /// Experiment-wide checks.
+    pub checks: Vec<Check>,
     /// Whether everything judged passed.
     pub pass: bool,
 }
@@ -53,9 +75,9 @@ impl Summary {
         link_rate_bps: u64,
         duration_s: f64,
         flows: Vec<FlowResult>,
-        checks: Vec<(String, bool, String)>,
+        checks: Vec<Check>,
     ) -> Self {
-        let pass = flows.iter().all(|f| f.pass != Some(false)) && checks.iter().all(|c| c.1);
+        let pass = flows.iter().all(|f| f.pass != Some(false)) && checks.iter().all(|c| c.pass);
         Self {
             experiment: experiment.into(),
             link_rate_bps,
@@ -79,8 +101,8 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "{:<8} {:<22} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}  {}",
-            "system", "flow", "reserved", "mean", "min", "max", "error", "result", "criterion"
+            "{:<8} {:<22} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}  criterion",
+            "system", "flow", "reserved", "mean", "min", "max", "error", "result"
         );
         for f in &self.flows {
             let reserved = f
@@ -108,12 +130,9 @@ impl Summary {
                 f.note
             );
         }
-        for (name, pass, detail) in &self.checks {
-            let _ = writeln!(
-                out,
-                "check {name}: {} ({detail})",
-                if *pass { "PASS" } else { "FAIL" }
-            );
+        for c in &self.checks {
+            let verdict = if c.pass { "PASS" } else { "FAIL" };
+            let _ = writeln!(out, "check {}: {verdict} ({})", c.name, c.detail);
         }
         out
     }

@@ -56,16 +56,16 @@ pub struct DriverProcess {
     _dir: tempfile::TempDir,
 }
 
-/// The path of a workspace binary next to the running test executable
-/// (`target/<profile>/deps/test-…` → `target/<profile>/<name>`).
+/// The path of a workspace binary built with the running executable: next to it (a binary in
+/// `target/<profile>/`) or one level up (a test in `target/<profile>/deps/`).
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    dir.join(name)
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let beside = dir.join(name);
+    if beside.exists() || dir.file_name().is_none_or(|d| d != "deps") {
+        return beside;
+    }
+    dir.parent().map(|p| p.join(name)).unwrap_or(beside)
 }
 
 impl DriverProcess {

@@ -1,12 +1,15 @@
 //! The example applications' logic, as library functions over an already-open flow. The binaries
-//! (`udp-blast`, `udp-sink`, `udp-echo`) are thin `main`s over them, so the flow manager's client
-//! plugs in at one place ([`open_flow`]) without touching the logic.
+//! (`udp-blast`, `udp-sink`, `udp-echo`) are thin `main`s over them; [`open_flow`] gets the flow
+//! from the flow manager.
 
 use std::net::SocketAddrV4;
 
 use nemflow_proto::Qos;
 
-use crate::UdpFlow;
+use nemflow_flowmgr::client::Client;
+use nemflow_proto::app::OpenFlow;
+
+use crate::{FlowConfig, UdpFlow};
 
 mod blast;
 mod echo;
@@ -30,15 +33,72 @@ pub struct FlowRequest {
 /// Why no flow could be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// The flow manager's client library does not exist yet: the apps cannot get a flow.
-    #[error("flow manager client not available yet (cannot open a flow for {0:?})")]
-    NoFlowManagerClient(FlowRequest),
+    /// The flow manager is absent or refused the request.
+    #[error(transparent)]
+    FlowManager(#[from] nemflow_flowmgr::client::ClientError),
+    /// The channels it handed over could not be attached.
+    #[error("attaching the flow's channels: {0}")]
+    Attach(#[from] crate::Error),
 }
 
-/// Opens a UDP flow through the flow manager. Not available yet: the flow manager's client is
-/// being written; until then this always fails, and the binaries say so.
-pub fn open_flow(req: &FlowRequest) -> Result<UdpFlow, OpenError> {
-    Err(OpenError::NoFlowManagerClient(req.clone()))
+/// An open UDP flow and the flow-manager connection it lives by: the flow is torn down when
+/// this is dropped (or the process dies), as a socket would be closed.
+#[derive(Debug)]
+pub struct AppFlow {
+    /// The flow's stack.
+    pub flow: UdpFlow,
+    /// The connection to the flow manager (for QoS changes, events, and the flow's lifetime).
+    pub client: Client,
+}
+
+/// A [`crate::Resolver`] that asks the flow manager (ARP on this host's behalf) over its own
+/// connection.
+#[derive(Debug)]
+pub struct FlowManagerResolver(Client);
+
+impl crate::Resolver for FlowManagerResolver {
+    fn resolve(&mut self, ip: std::net::Ipv4Addr) -> std::result::Result<Option<[u8; 6]>, String> {
+        match self.0.resolve(ip) {
+            Ok(n) => Ok(Some(n.mac)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Opens a UDP flow through the flow manager (socket from `NEMFLOW_FLOWMGR_SOCKET`, else the
+/// default) and builds its stack. Unconnected flows resolve destinations through the flow
+/// manager.
+pub fn open_flow(req: &FlowRequest) -> Result<AppFlow, OpenError> {
+    let mut client = Client::connect_default()?;
+    let open = OpenFlow {
+        qos: req.qos,
+        ..OpenFlow::udp(req.local_port, req.remote)
+    };
+    let f = client.open(&open)?;
+    let mut flow = UdpFlow::attach(
+        f.fib,
+        &f.tx_spec,
+        f.tx,
+        &f.rx_spec,
+        f.rx,
+        FlowConfig::default(),
+    )?;
+    if req.remote.is_none() {
+        if let Ok(resolver) = Client::connect_default() {
+            flow.set_resolver(Box::new(FlowManagerResolver(resolver)));
+        }
+    }
+    Ok(AppFlow { flow, client })
+}
+
+/// A flag set by SIGINT or SIGTERM, so an app ends its loop and reports instead of dying.
+pub fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Without the handler the signal keeps its default action: the app still stops.
+        let _ = signal_hook::flag::register(sig, std::sync::Arc::clone(&stop));
+    }
+    stop
 }
 
 /// First bytes of a test datagram's payload: sequence number and send time, both big-endian.

@@ -9,15 +9,14 @@ use std::time::{Duration, Instant};
 use super::read_stamp;
 use crate::{Error, Result, UdpFlow};
 
-/// A slowdown schedule: every `every` datagrams, the next `packets` cost `cost` each.
+/// A slowdown schedule, as the paper's overloaded receiver: every `every` datagrams the
+/// processing time per datagram grows by `step`, for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slowdown {
-    /// Period of the schedule, in datagrams.
+    /// Datagrams between slowdowns.
     pub every: u64,
-    /// Datagrams per period that are slow.
-    pub packets: u64,
-    /// Processing time of a slow datagram.
-    pub cost: Duration,
+    /// What each slowdown adds to the processing time of every later datagram.
+    pub step: Duration,
 }
 
 /// How to receive.
@@ -37,7 +36,10 @@ impl SinkOptions {
     /// Processing time of datagram number `n` (0-based).
     pub fn cost_of(&self, n: u64) -> Duration {
         match self.slowdown {
-            Some(s) if s.every > 0 && n >= s.every && n % s.every < s.packets => s.cost,
+            Some(s) if s.every > 0 => {
+                let steps = u32::try_from(n / s.every).unwrap_or(u32::MAX);
+                self.cost.saturating_add(s.step.saturating_mul(steps))
+            }
             _ => self.cost,
         }
     }

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddrV4;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Parser;
@@ -52,7 +51,7 @@ fn main() -> ExitCode {
             latency_hint_ns: None,
         },
     };
-    let mut flow = match apps::open_flow(&req) {
+    let mut app = match apps::open_flow(&req) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("udp-blast: {e}");
@@ -65,7 +64,7 @@ fn main() -> ExitCode {
         duration: a.seconds.map(Duration::from_secs_f64),
         dst: None,
     };
-    match apps::blast(&mut flow, &opts, &AtomicBool::new(false)) {
+    match apps::blast(&mut app.flow, &opts, &apps::stop_on_signals()) {
         Ok(r) => {
             println!(
                 "sent {} datagrams, {} payload bytes in {:.3} s: {:.0} datagrams/s, {:.2} Mbit/s",

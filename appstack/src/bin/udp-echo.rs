@@ -1,7 +1,6 @@
 //! Sends every UDP datagram it receives back to its sender.
 
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Parser;
@@ -30,7 +29,7 @@ fn main() -> ExitCode {
         remote: None,
         qos: Qos::BEST_EFFORT,
     };
-    let mut flow = match apps::open_flow(&req) {
+    let mut app = match apps::open_flow(&req) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("udp-echo: {e}");
@@ -41,7 +40,7 @@ fn main() -> ExitCode {
         count: a.count,
         duration: a.seconds.map(Duration::from_secs_f64),
     };
-    match apps::echo(&mut flow, &opts, &AtomicBool::new(false)) {
+    match apps::echo(&mut app.flow, &opts, &apps::stop_on_signals()) {
         Ok(r) => {
             eprintln!(
                 "echoed {} datagrams, {} bytes ({} could not be sent back)",

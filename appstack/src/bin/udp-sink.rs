@@ -4,7 +4,6 @@
 use std::io::{BufWriter, Write};
 use std::net::SocketAddrV4;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Parser;
@@ -28,18 +27,15 @@ struct Args {
     /// Stop after this many seconds.
     #[arg(long)]
     seconds: Option<f64>,
-    /// Processing time per datagram in microseconds (busy).
-    #[arg(long, default_value_t = 0)]
-    cost_us: u64,
-    /// Every this many datagrams, slow down (e.g. 20000).
+    /// Processing time per datagram in microseconds (busy, as real work would be).
+    #[arg(long, default_value_t = 0.0)]
+    cost_us: f64,
+    /// Every this many datagrams, slow down for good (e.g. 20000, as the paper's receiver).
     #[arg(long)]
     slow_every: Option<u64>,
-    /// How many datagrams each slowdown lasts.
-    #[arg(long, default_value_t = 1000)]
-    slow_packets: u64,
-    /// Processing time per datagram during a slowdown, in microseconds.
-    #[arg(long, default_value_t = 1000)]
-    slow_cost_us: u64,
+    /// What each slowdown adds to the processing time per datagram, in microseconds.
+    #[arg(long, default_value_t = 100.0)]
+    step_us: f64,
     /// Do not log each datagram, only the summary.
     #[arg(long)]
     quiet: bool,
@@ -52,7 +48,7 @@ fn main() -> ExitCode {
         remote: a.remote,
         qos: Qos::BEST_EFFORT,
     };
-    let mut flow = match apps::open_flow(&req) {
+    let mut app = match apps::open_flow(&req) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("udp-sink: {e}");
@@ -62,18 +58,17 @@ fn main() -> ExitCode {
     let opts = SinkOptions {
         count: a.count,
         duration: a.seconds.map(Duration::from_secs_f64),
-        cost: Duration::from_micros(a.cost_us),
+        cost: Duration::from_secs_f64(a.cost_us.max(0.0) * 1e-6),
         slowdown: a.slow_every.map(|every| Slowdown {
             every,
-            packets: a.slow_packets,
-            cost: Duration::from_micros(a.slow_cost_us),
+            step: Duration::from_secs_f64(a.step_us.max(0.0) * 1e-6),
         }),
     };
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut sink_log = std::io::sink();
     let log: &mut dyn Write = if a.quiet { &mut sink_log } else { &mut out };
-    match apps::sink(&mut flow, &opts, &AtomicBool::new(false), log) {
+    match apps::sink(&mut app.flow, &opts, &apps::stop_on_signals(), log) {
         Ok(r) => {
             let _ = out.flush();
             eprintln!(
