@@ -557,22 +557,27 @@ fn measure(iters: u64, runs: usize, lat_samples: u64) -> Result<(), String> {
         "Cross-process, producer on CPU 1, consumer on CPU 0; {runs} runs, medians; rbuf wakes with membarrier: {}.\n",
         nemflow_rbuf::uses_membarrier()
     );
-    println!("| batch | rte_ring 16 B (M entries/s) | rbuf (M iorecs/s) | rbuf / rte_ring | rte_ring 32 B (M entries/s) | rbuf / rte_ring 32 B |");
+    println!("| batch | rte_ring 16 B (M entries/s) | rbuf (M iorecs/s) | rbuf / rte_ring (median of paired ratios) | rte_ring 32 B (M entries/s) | rbuf / rte_ring 32 B |");
     println!("|---|---|---|---|---|---|");
     for batch in [1usize, 8, 32] {
         let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ra, mut rc) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            a.push(throughput(Imp::RteRing, iters, batch)? / 1e6);
-            b.push(throughput(Imp::Rbuf, iters, batch)? / 1e6);
-            c.push(throughput(Imp::RteRing32, iters, batch)? / 1e6);
+            let x = throughput(Imp::RteRing, iters, batch)? / 1e6;
+            let y = throughput(Imp::Rbuf, iters, batch)? / 1e6;
+            let z = throughput(Imp::RteRing32, iters, batch)? / 1e6;
+            // Ratios are paired within a run: the machine's speed drifts between runs (shared
+            // 2-vCPU host), the three measurements of one run are back to back.
+            ra.push(y / x);
+            rc.push(y / z);
+            a.push(x);
+            b.push(y);
+            c.push(z);
         }
         eprintln!("batch {batch}: rte16 {a:.1?} rbuf {b:.1?} rte32 {c:.1?}");
         let (ma, mb, mc) = (median(&mut a), median(&mut b), median(&mut c));
-        println!(
-            "| {batch} | {ma:.1} | {mb:.1} | {:.2} | {mc:.1} | {:.2} |",
-            mb / ma,
-            mb / mc
-        );
+        let (mra, mrc) = (median(&mut ra), median(&mut rc));
+        println!("| {batch} | {ma:.1} | {mb:.1} | {mra:.2} | {mc:.1} | {mrc:.2} |");
     }
     println!("\n| one-way latency (ns) | p50 | p99 | p99.9 |");
     println!("|---|---|---|---|");
