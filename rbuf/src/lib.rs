@@ -33,6 +33,27 @@
 //! the driver then reads zeros; on huge pages a later fault could fail, which is why
 //! hugetlb-backed areas are fully reserved at creation and should be given to trusted apps only.
 //!
+//! # Polling, blocking, event loops
+//! Every endpoint is non-blocking: `pop`/`take_empty` return `Ok(None)` and `push` returns
+//! `Err(Error::Full)` (back-pressure) instead of waiting. To wait, call `wait_ready(timeout)`
+//! (sleeps on the endpoint's eventfd until the peer moves an index; `Err(Timeout)` otherwise), or,
+//! in an event loop, `prepare_wait()` (returns `true` if work is already there), poll/epoll the
+//! endpoint's fd ([`std::os::fd::AsFd`]) for readability, then `finish_wait()`. When nobody sleeps,
+//! publishing costs no system call and no fence (see `event.rs`: asymmetric barriers with
+//! `membarrier(2)`, [`uses_membarrier`]). A peer that stops serving only makes our waits time out.
+//!
+//! # Fd passing
+//! [`fdpass::send_fds`] / [`fdpass::recv_fds`] / [`fdpass::recv_exact_fds`] move fds with
+//! `SCM_RIGHTS` over a Unix stream socket; a receiver states how many it accepts and any excess
+//! closes every fd of that message and fails. A channel travels as [`CHANNEL_FDS`] fds in the order
+//! of [`ChannelFds::as_fds`] / [`ChannelFds::from_vec`].
+//!
+//! # Ring layout
+//! The control area is a [`ChannelSpec`]-sized header (magic, version, geometry; the four indices
+//! and two sleep flags each on its own cache line) followed by the full FIFO's slots and the empty
+//! FIFO's, each slot a 32-byte [`IoRec`] image (see [`IoRec::encode`]). See [`ring`] for the
+//! ordering of every atomic.
+//!
 //! # Example: TMM (app → driver)
 //! ```
 //! use nemflow_rbuf::{create, tmm, ChannelSpec, IoRec};
