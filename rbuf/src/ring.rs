@@ -84,6 +84,18 @@ pub fn check_producer_index(
     }
 }
 
+/// Whether the CPU has PREFETCHW (CPUID 0x8000_0001 ECX bit 8, "3DNowPrefetch"/PRFCHW).
+#[cfg(target_arch = "x86_64")]
+fn has_prefetchw() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID is available on every x86_64 CPU; leaf 0x8000_0001 exists on all of them.
+        let r = unsafe { std::arch::x86_64::__cpuid(0x8000_0001) };
+        r.ecx & (1 << 8) != 0
+    })
+}
+
 /// Raw view of one FIFO in a mapping: where its two indices and its slots are.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FifoView {
@@ -123,7 +135,8 @@ impl FifoView {
     fn prefetch(&self, index: u32, n: u32, write: bool) {
         #[cfg(target_arch = "x86_64")]
         {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let write = write && has_prefetchw();
             // Two 32-byte slots per 64-byte line.
             let mut i = 0;
             while i < n.min(self.size) {
@@ -131,14 +144,17 @@ impl FifoView {
                     .slot_ptr(index.wrapping_add(i))
                     .cast::<i8>()
                     .cast_const();
-                // SAFETY: a prefetch is only a hint: it never faults and has no visible effect.
-                // The address is inside the slot array anyway.
-                unsafe {
-                    if write {
-                        _mm_prefetch::<_MM_HINT_ET0>(p);
-                    } else {
-                        _mm_prefetch::<_MM_HINT_T0>(p);
-                    }
+                if write {
+                    // SAFETY: PREFETCHW (checked present) is only a hint: it never faults and has
+                    // no architectural effect; the address is inside the slot array anyway.
+                    // (`_MM_HINT_ET0` compiles to a read prefetch without the `prfchw` target
+                    // feature, hence the asm.)
+                    unsafe {
+                        std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly))
+                    };
+                } else {
+                    // SAFETY: as above, a read prefetch is only a hint.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
                 }
                 i += 2;
             }

@@ -553,6 +553,14 @@ fn parent(iters: u64, runs: usize, lat_samples: u64) -> Result<(), String> {
 }
 
 fn measure(iters: u64, runs: usize, lat_samples: u64) -> Result<(), String> {
+    // `RING_ONLY_RBUF=1`: rbuf at batch 32 only (for profiling).
+    if std::env::var_os("RING_ONLY_RBUF").is_some() {
+        println!(
+            "rbuf batch 32: {:.1} M iorecs/s",
+            throughput(Imp::Rbuf, iters, 32)? / 1e6
+        );
+        return Ok(());
+    }
     println!(
         "Cross-process, producer on CPU 1, consumer on CPU 0; {runs} runs, medians; rbuf wakes with membarrier: {}.\n",
         nemflow_rbuf::uses_membarrier()
