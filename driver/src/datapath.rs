@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
 use foldhash::fast::RandomState;
-use nemflow_proto::ctl::{DropEntry, DropReason, FlowStats, PortInfo};
-use nemflow_proto::flow::{Filter, FlowId, Qos, Template};
+use nemflow_proto::ctl::{DropEntry, DropReason, FlowStats, PortInfo, TcpSeen};
+use nemflow_proto::flow::{ip_proto, Filter, FlowId, Qos, Template, TemplateKind};
 use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, IoRec, CHANNEL_FDS};
 use nemflow_sched::{Pick, Scheduler};
 
@@ -98,6 +98,9 @@ struct Flow {
     broken: bool,
     counters: Counters,
     violations: HashMap<Violation, u64, RandomState>,
+    /// TCP flows only: the sequence state seen in passing (for the flow manager's RST and
+    /// TIME_WAIT answers once the app is gone).
+    tcp: Option<TcpTrack>,
 }
 
 /// What one poll did.
@@ -200,7 +203,6 @@ impl<P: Port> Datapath<P> {
         self.flows[slot] = Some(Flow {
             id,
             filter,
-            template,
             qos,
             tx,
             rx,
@@ -209,6 +211,15 @@ impl<P: Port> Datapath<P> {
             broken: false,
             counters: Counters::default(),
             violations: HashMap::default(),
+            tcp: matches!(
+                template.kind,
+                TemplateKind::Ipv4 {
+                    proto: ip_proto::TCP,
+                    ..
+                }
+            )
+            .then(TcpTrack::default),
+            template,
         });
         self.by_id.insert(id, slot_id);
         tracing::info!(flow = %id, "flow installed");
@@ -276,6 +287,7 @@ impl<P: Port> Datapath<P> {
             sched_extra_ns: sched.as_ref().map_or(0, |s| s.total.extra_ns),
             sched_deadline_misses: sched.as_ref().map_or(0, |s| s.deadline_misses),
             broken: flow.broken || flow.tx.broken().is_some() || flow.rx.broken().is_some(),
+            tcp: flow.tcp.and_then(|t| t.seen()),
         })
     }
 
@@ -422,6 +434,9 @@ impl<P: Port> Datapath<P> {
             Ok(()) => {
                 flow.counters.rx_packets += 1;
                 flow.counters.rx_bytes += bytes.len() as u64;
+                if let Some(t) = flow.tcp.as_mut() {
+                    t.on_rx(bytes);
+                }
                 true
             }
             Err(e) => {
@@ -534,6 +549,10 @@ impl<P: Port> Datapath<P> {
             Ok(Some(frame)) => {
                 flow.counters.tx_packets += 1;
                 flow.counters.tx_bytes += len as u64;
+                if let Some(t) = flow.tcp.as_mut() {
+                    // The driver's own copy, already checked against the template.
+                    t.on_tx(frame.bytes());
+                }
                 let wire_len = len.max(MIN_FRAME_BYTES) as u32;
                 let _ = self.sched.charge(id.0, wire_len, now_ns);
                 self.staged.push(frame);
@@ -548,6 +567,100 @@ impl<P: Port> Datapath<P> {
                 self.drop_log.record(Some(id), DropReason::TxTemplate, len);
             }
         }
+    }
+}
+
+/// A TCP flow's sequence state, updated from each segment's header: a few loads and compares
+/// per frame, on headers the data path has in cache anyway.
+#[derive(Debug, Clone, Copy, Default)]
+struct TcpTrack {
+    seen: TcpSeen,
+    /// A segment was sent / received (the sequence fields are valid).
+    tx_any: bool,
+    rx_any: bool,
+}
+
+/// The parts of a TCP segment the tracker uses.
+struct Segment {
+    seq: u32,
+    ack: u32,
+    /// `SEG.LEN`: payload bytes plus one for SYN and one for FIN.
+    len: u32,
+    flags: u8,
+}
+
+/// Parses the TCP header of an Ethernet/IPv4 frame; `None` for anything else, a fragment, or
+/// lengths that do not add up.
+fn tcp_segment(frame: &[u8]) -> Option<Segment> {
+    let ip = frame.get(14..)?;
+    if frame.get(12..14)? != [0x08, 0x00] || ip.first()? >> 4 != 4 || *ip.get(9)? != ip_proto::TCP {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let frag = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]);
+    if frag & 0x3fff != 0 || ihl < 20 || total > ip.len() {
+        return None;
+    }
+    let tcp = ip.get(ihl..total)?;
+    let doff = usize::from(tcp.get(12)? >> 4) * 4;
+    if doff < 20 || doff > tcp.len() {
+        return None;
+    }
+    let word = |at: usize| u32::from_be_bytes([tcp[at], tcp[at + 1], tcp[at + 2], tcp[at + 3]]);
+    let flags = tcp[13];
+    let syn_fin = u32::from(flags & TcpSeen::SYN != 0) + u32::from(flags & TcpSeen::FIN != 0);
+    Some(Segment {
+        seq: word(4),
+        ack: word(8),
+        len: (tcp.len() - doff) as u32 + syn_fin,
+        flags,
+    })
+}
+
+/// `a` is after `b` in sequence space (RFC 793: modulo 2³², within half the space).
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// Moves `at` forward to `to` (or sets it, on the first segment).
+fn advance(at: &mut u32, to: u32, first: bool) {
+    if first || seq_after(to, *at) {
+        *at = to;
+    }
+}
+
+impl TcpTrack {
+    fn on_tx(&mut self, frame: &[u8]) {
+        let Some(s) = tcp_segment(frame) else { return };
+        let t = &mut self.seen;
+        // An RST consumes no sequence space and may carry an unrelated sequence number.
+        if s.flags & TcpSeen::RST == 0 {
+            advance(&mut t.snd_nxt, s.seq.wrapping_add(s.len), !self.tx_any);
+            self.tx_any = true;
+        }
+        if s.flags & TcpSeen::ACK != 0 {
+            advance(&mut t.rcv_nxt, s.ack, t.tx_flags & TcpSeen::ACK == 0);
+        }
+        t.tx_flags |= s.flags;
+    }
+
+    fn on_rx(&mut self, frame: &[u8]) {
+        let Some(s) = tcp_segment(frame) else { return };
+        let t = &mut self.seen;
+        if s.flags & TcpSeen::RST == 0 {
+            advance(&mut t.peer_nxt, s.seq.wrapping_add(s.len), !self.rx_any);
+            self.rx_any = true;
+        }
+        if s.flags & TcpSeen::ACK != 0 {
+            advance(&mut t.peer_ack, s.ack, t.rx_flags & TcpSeen::ACK == 0);
+        }
+        t.rx_flags |= s.flags;
+    }
+
+    /// The state for statistics, once a segment passed either way.
+    fn seen(self) -> Option<TcpSeen> {
+        (self.seen.tx_flags | self.seen.rx_flags != 0).then_some(self.seen)
     }
 }
 
@@ -570,4 +683,220 @@ fn invalid_total(c: &nemflow_rbuf::Counters) -> u64 {
         + c.invalid_not_owned
         + c.index_backward
         + c.index_too_far
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use nemflow_proto::flow::{ip_proto, Filter, FlowId, Qos, Template, TemplateKind};
+    use nemflow_rbuf::IoRec;
+    use nemflow_testkit::flows::{flow_channels, spec, AppEnds};
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
+        Ipv4Packet, Ipv4Repr, TcpPacket, TcpSeqNumber,
+    };
+
+    use super::*;
+    use crate::port::{MemPeer, MemPort};
+
+    const HOST_MAC: [u8; 6] = [2, 0x4e, 0x46, 0, 0, 1];
+    const PEER_MAC: [u8; 6] = [2, 0x4e, 0x46, 0xff, 0, 2];
+    const HOST: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 1), 5000);
+    const PEER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 2), 80);
+
+    /// An Ethernet/IPv4/TCP frame `from` → `to` with `flags` (TcpSeen bits) and `payload`.
+    fn segment(
+        from: (SocketAddrV4, [u8; 6]),
+        to: (SocketAddrV4, [u8; 6]),
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut buf = vec![0u8; 14 + 20 + 20 + payload.len()];
+        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+        EthernetRepr {
+            src_addr: EthernetAddress(from.1),
+            dst_addr: EthernetAddress(to.1),
+            ethertype: EthernetProtocol::Ipv4,
+        }
+        .emit(&mut eth);
+        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+        Ipv4Repr {
+            src_addr: *from.0.ip(),
+            dst_addr: *to.0.ip(),
+            next_header: IpProtocol::Tcp,
+            payload_len: 20 + payload.len(),
+            hop_limit: 64,
+        }
+        .emit(&mut ip, &ChecksumCapabilities::default());
+        let mut t = TcpPacket::new_unchecked(ip.payload_mut());
+        t.set_src_port(from.0.port());
+        t.set_dst_port(to.0.port());
+        t.set_seq_number(TcpSeqNumber(seq as i32));
+        t.set_ack_number(TcpSeqNumber(ack as i32));
+        t.set_header_len(20);
+        t.clear_flags();
+        t.set_fin(flags & TcpSeen::FIN != 0);
+        t.set_syn(flags & TcpSeen::SYN != 0);
+        t.set_rst(flags & TcpSeen::RST != 0);
+        t.set_ack(flags & TcpSeen::ACK != 0);
+        t.set_window_len(1000);
+        t.payload_mut().copy_from_slice(payload);
+        t.fill_checksum(&IpAddress::Ipv4(*from.0.ip()), &IpAddress::Ipv4(*to.0.ip()));
+        buf
+    }
+
+    fn out(seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        segment((HOST, HOST_MAC), (PEER, PEER_MAC), seq, ack, flags, payload)
+    }
+
+    fn inbound(seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        segment((PEER, PEER_MAC), (HOST, HOST_MAC), seq, ack, flags, payload)
+    }
+
+    fn setup() -> (Datapath<MemPort>, MemPeer, AppEnds) {
+        let (port, peer) = MemPort::new(HOST_MAC);
+        let mut dp = Datapath::new(
+            port,
+            DatapathConfig {
+                rate_bps: 1_000_000_000,
+                reserve_ppm: 20_000,
+                max_frame_bytes: 1514,
+                burst: 32,
+                drop_log_entries: 100,
+                subnet_broadcast: Ipv4Addr::new(10, 77, 0, 255),
+                port_name: "mem0".into(),
+            },
+        )
+        .unwrap();
+        let (app, fds) = flow_channels(&spec(16), &spec(16)).unwrap();
+        dp.install(
+            FlowId(2),
+            Filter::Connected {
+                proto: ip_proto::TCP,
+                local: HOST,
+                remote: PEER,
+            },
+            Template {
+                src_mac: HOST_MAC,
+                kind: TemplateKind::Ipv4 {
+                    src: *HOST.ip(),
+                    proto: ip_proto::TCP,
+                    src_port: HOST.port(),
+                    dst: Some(PEER),
+                },
+            },
+            Qos::BEST_EFFORT,
+            &spec(16),
+            &spec(16),
+            fds,
+            0,
+        )
+        .unwrap();
+        (dp, peer, app)
+    }
+
+    fn send(dp: &mut Datapath<MemPort>, app: &mut AppEnds, frame: &[u8], now_ns: &mut u64) {
+        let ext = app.tx.alloc(frame.len()).unwrap().expect("tx buffer");
+        app.tx.buf_mut(ext).unwrap().copy_from_slice(frame);
+        app.tx.push(IoRec::single(ext, 0)).unwrap();
+        *now_ns += 1_000_000;
+        dp.poll(*now_ns);
+        app.tx.reclaim().unwrap();
+    }
+
+    fn seen(dp: &Datapath<MemPort>) -> Option<TcpSeen> {
+        dp.flow_stats(Some(FlowId(2))).unwrap()[0].tcp
+    }
+
+    #[test]
+    fn tcp_flows_record_the_sequence_state_they_pass() {
+        let (mut dp, peer, mut app) = setup();
+        let mut now = 0u64;
+        assert_eq!(seen(&dp), None, "nothing passed yet");
+        // SYN out (ISN near the wrap), SYN-ACK in, 100 bytes out, 10 in, FIN out.
+        let isn = u32::MAX - 10;
+        send(&mut dp, &mut app, &out(isn, 0, TcpSeen::SYN, b""), &mut now);
+        let s = seen(&dp).unwrap();
+        assert_eq!((s.snd_nxt, s.tx_flags), (isn.wrapping_add(1), TcpSeen::SYN));
+        peer.inject(inbound(
+            7000,
+            isn.wrapping_add(1),
+            TcpSeen::SYN | TcpSeen::ACK,
+            b"",
+        ));
+        dp.poll(now);
+        let s = seen(&dp).unwrap();
+        assert_eq!((s.peer_nxt, s.peer_ack), (7001, isn.wrapping_add(1)));
+        let data = [7u8; 100];
+        let seq = isn.wrapping_add(1);
+        send(
+            &mut dp,
+            &mut app,
+            &out(seq, 7001, TcpSeen::ACK, &data),
+            &mut now,
+        );
+        peer.inject(inbound(7001, seq.wrapping_add(60), TcpSeen::ACK, &[1; 10]));
+        dp.poll(now);
+        let s = seen(&dp).unwrap();
+        assert_eq!(s.snd_nxt, seq.wrapping_add(100), "across the wrap");
+        assert_eq!(
+            (s.rcv_nxt, s.peer_nxt, s.peer_ack),
+            (7001, 7011, seq.wrapping_add(60))
+        );
+        // A retransmission and an old ACK do not move anything back; an RST moves no sequence.
+        send(
+            &mut dp,
+            &mut app,
+            &out(seq, 7011, TcpSeen::ACK, &data[..50]),
+            &mut now,
+        );
+        peer.inject(inbound(7011, seq.wrapping_add(10), TcpSeen::ACK, b""));
+        dp.poll(now);
+        send(&mut dp, &mut app, &out(5, 0, TcpSeen::RST, b""), &mut now);
+        let s = seen(&dp).unwrap();
+        assert_eq!(
+            (s.snd_nxt, s.rcv_nxt, s.peer_ack),
+            (seq.wrapping_add(100), 7011, seq.wrapping_add(60))
+        );
+        // FIN counts one.
+        let fin_at = seq.wrapping_add(100);
+        send(
+            &mut dp,
+            &mut app,
+            &out(fin_at, 7011, TcpSeen::FIN | TcpSeen::ACK, b""),
+            &mut now,
+        );
+        let s = seen(&dp).unwrap();
+        assert_eq!(s.snd_nxt, fin_at.wrapping_add(1));
+        assert_eq!(
+            s.tx_flags,
+            TcpSeen::SYN | TcpSeen::ACK | TcpSeen::RST | TcpSeen::FIN
+        );
+        assert_eq!(s.rx_flags, TcpSeen::SYN | TcpSeen::ACK);
+        assert_eq!(peer.take_sent().len(), 5, "every segment was sent");
+        // Frames the app received were delivered (and counted).
+        let stats = &dp.flow_stats(Some(FlowId(2))).unwrap()[0];
+        assert_eq!(stats.rx_packets, 3);
+    }
+
+    #[test]
+    fn udp_flows_and_odd_frames_leave_no_tcp_state() {
+        assert!(tcp_segment(&[0u8; 10]).is_none());
+        let mut f = out(1, 2, TcpSeen::ACK, b"abc");
+        f[14 + 6] = 0x20; // more fragments: not parsed
+        assert!(tcp_segment(&f).is_none());
+        let mut f = out(1, 2, TcpSeen::ACK, b"abc");
+        f[14 + 20 + 12] = 0xf0; // data offset beyond the segment
+        assert!(tcp_segment(&f).is_none());
+        let f = out(1, 2, TcpSeen::ACK, b"abc");
+        let s = tcp_segment(&f).unwrap();
+        assert_eq!((s.seq, s.ack, s.len, s.flags), (1, 2, 3, TcpSeen::ACK));
+        assert!(seq_after(1, u32::MAX) && !seq_after(u32::MAX, 1));
+    }
 }

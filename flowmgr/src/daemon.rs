@@ -1157,6 +1157,11 @@ impl<D: DriverLink> Daemon<D> {
             AppRequest::Stats => plain(self.stats(who, now).map(AppReply::Stats)),
             AppRequest::Arp => plain(Ok(AppReply::Arp(self.host.arp().entries(now)))),
             AppRequest::Routes => plain(Ok(AppReply::Routes(self.routes.entries()))),
+            AppRequest::ListenBacklog { .. }
+            | AppRequest::Accept(_)
+            | AppRequest::Reject { .. } => {
+                plain(Err(app_err(AppErrorKind::Invalid, "not supported yet")))
+            }
         }
     }
 

@@ -162,8 +162,9 @@ pub enum AppRequest {
         flow: FlowId,
     },
     /// Registers for TCP connections to a local port (0 allocates one); answered with
-    /// [`AppReply::Listening`]. Connection call-backs come as events in a later version; until
-    /// then a SYN to the port is answered with RST and counted.
+    /// [`AppReply::Listening`]. A SYN to the port comes back as [`AppEvent::Incoming`]; at most
+    /// [`DEFAULT_BACKLOG`] of them wait for an answer at a time (see
+    /// [`AppRequest::ListenBacklog`]).
     Listen {
         /// Local address, as in [`OpenFlow::local_ip`].
         local_ip: Option<Ipv4Addr>,
@@ -191,6 +192,69 @@ pub enum AppRequest {
     Arp,
     /// The routing table.
     Routes,
+    /// [`AppRequest::Listen`] with a limit on connection requests (SYNs) waiting for this app's
+    /// answer: beyond it further SYNs to the port are dropped and counted, so a SYN flood
+    /// degrades this service only. Answered with [`AppReply::Listening`].
+    ListenBacklog {
+        /// Local address, as in [`OpenFlow::local_ip`].
+        local_ip: Option<Ipv4Addr>,
+        /// Local port (0 allocates one).
+        port: u16,
+        /// Most SYNs waiting for `Accept` or `Reject` (clamped to 1..=[`MAX_BACKLOG`]).
+        backlog: u32,
+    },
+    /// Accepts a connection announced by [`AppEvent::Incoming`]: the flow manager creates the
+    /// connection's own flow (5-tuple filter, channels, QoS) and answers with
+    /// [`AppReply::Opened`] and [`OPENED_FDS`] fds; the app's stack then answers the SYN it was
+    /// handed.
+    Accept(AcceptFlow),
+    /// Refuses a connection announced by [`AppEvent::Incoming`]: with `reset` the flow manager
+    /// answers the SYN with RST (connection refused), otherwise it drops it silently. Answered
+    /// with [`AppReply::Ok`].
+    Reject {
+        /// The listening port.
+        listen_port: u16,
+        /// The connecting peer.
+        remote: SocketAddrV4,
+        /// Answer with RST.
+        reset: bool,
+    },
+}
+
+/// Connection requests waiting for an answer per listening port, unless the app says otherwise.
+pub const DEFAULT_BACKLOG: u32 = 64;
+
+/// Largest backlog a listener may ask for.
+pub const MAX_BACKLOG: u32 = 4096;
+
+/// Asks for the flow of a connection announced by [`AppEvent::Incoming`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptFlow {
+    /// The listening port the SYN came to.
+    pub listen_port: u16,
+    /// The connecting peer.
+    pub remote: SocketAddrV4,
+    /// The connection's transmit QoS.
+    pub qos: Qos,
+    /// The connection's channel sizes.
+    pub buffers: Buffers,
+}
+
+/// A connection request to a port the app listens on (the SYN call-back of the Nemesis paper,
+/// §3.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incoming {
+    /// The listening port.
+    pub listen_port: u16,
+    /// The connecting peer.
+    pub remote: SocketAddrV4,
+    /// The SYN as received (Ethernet frame): after `Accept`, the app's stack processes it and
+    /// answers with SYN-ACK.
+    pub syn: Vec<u8>,
+    /// The 4-tuple was in TIME_WAIT and the SYN reopens it (RFC 1122 §4.2.2.13): the new
+    /// connection's initial sequence number must be above this one (modulo 2³²), the last
+    /// one the previous incarnation used.
+    pub isn_above: Option<u32>,
 }
 
 /// The flow manager's answer to one request.
@@ -242,6 +306,9 @@ pub enum AppEvent {
         /// Why.
         reason: String,
     },
+    /// A SYN arrived for a port this app listens on: answer with [`AppRequest::Accept`] or
+    /// [`AppRequest::Reject`].
+    Incoming(Incoming),
 }
 
 /// The host as the flow manager sees it.

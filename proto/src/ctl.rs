@@ -160,6 +160,45 @@ pub struct FlowStats {
     pub sched_deadline_misses: u64,
     /// Whether the flow's channels were marked broken (the app misbehaved).
     pub broken: bool,
+    /// TCP flows: what the driver saw of the connection's sequence space (`None` for other
+    /// flows, and before the first segment). The flow manager uses it to reset a connection
+    /// whose app died and to answer for a connection in TIME_WAIT.
+    pub tcp: Option<TcpSeen>,
+}
+
+/// A TCP flow's sequence state as the driver saw it in the segments it passed (sent segments
+/// from its own policed copy of the header; received ones as delivered to the flow). Sequence
+/// numbers only move forward (compared modulo 2³², RFC 793), so a retransmission does not move
+/// them back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TcpSeen {
+    /// Our next sequence number: the highest `SEG.SEQ + SEG.LEN` (SYN and FIN count one each)
+    /// of the segments sent (valid when `tx_flags` has SYN or ACK; RSTs do not move it).
+    pub snd_nxt: u32,
+    /// Our receive point: the acknowledgment number of the latest segment sent with ACK (valid
+    /// when `tx_flags` has ACK).
+    pub rcv_nxt: u32,
+    /// How far the peer has acknowledged our data: the highest acknowledgment number received
+    /// (valid when `rx_flags` has ACK).
+    pub peer_ack: u32,
+    /// The peer's next sequence number: the highest `SEG.SEQ + SEG.LEN` received (valid when
+    /// `rx_flags` has SYN or ACK).
+    pub peer_nxt: u32,
+    /// Every TCP flag seen in sent segments, ORed (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
+    pub tx_flags: u8,
+    /// Every TCP flag seen in received segments, ORed.
+    pub rx_flags: u8,
+}
+
+impl TcpSeen {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
 }
 
 /// One dropped frame, as the driver logged it.

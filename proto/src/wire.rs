@@ -182,7 +182,10 @@ fn wait_writable(
         }
         None => None,
     };
-    let mut fds = [rustix::event::PollFd::new(sock, rustix::event::PollFlags::OUT)];
+    let mut fds = [rustix::event::PollFd::new(
+        sock,
+        rustix::event::PollFlags::OUT,
+    )];
     rustix::event::poll(&mut fds, left.as_ref()).map_err(|e| WireError::Io {
         op: "poll",
         source: e.into(),
