@@ -18,15 +18,16 @@
 //! closes every flow it opened.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nemflow_proto::app::{
-    AppError, AppErrorKind, AppEvent, AppReply, AppRequest, ArpEntry, FlowInfo, HostInfo,
-    Neighbour, OpenFlow, Opened, RouteEntry, ServerMsg, StatsReport, DEFAULT_SOCKET, OPENED_FDS,
+    AcceptFlow, AppError, AppErrorKind, AppEvent, AppReply, AppRequest, ArpEntry, FlowInfo,
+    HostInfo, Neighbour, OpenFlow, Opened, RouteEntry, ServerMsg, StatsReport, DEFAULT_SOCKET,
+    OPENED_FDS,
 };
 use nemflow_proto::wire::{self, Decoder, WireError};
 use nemflow_proto::{Fib, FlowId, Qos};
@@ -240,6 +241,41 @@ impl Client {
         }
     }
 
+    /// Registers for TCP connections to `port` (0 = allocate) with at most `backlog` connection
+    /// requests waiting for this app's answer; returns the port.
+    pub fn listen_backlog(&mut self, port: u16, backlog: u32) -> Result<u16, ClientError> {
+        match self.call(&AppRequest::ListenBacklog {
+            local_ip: None,
+            port,
+            backlog,
+        })? {
+            (AppReply::Listening { port }, _) => Ok(port),
+            (other, _) => Err(unexpected("ListenBacklog", &other)),
+        }
+    }
+
+    /// Accepts a connection announced by [`AppEvent::Incoming`]: returns its flow.
+    pub fn accept(&mut self, req: &AcceptFlow) -> Result<Flow, ClientError> {
+        match self.call(&AppRequest::Accept(req.clone()))? {
+            (AppReply::Opened(opened), fds) => into_flow(opened, fds),
+            (other, _) => Err(unexpected("Accept", &other)),
+        }
+    }
+
+    /// Refuses a connection announced by [`AppEvent::Incoming`] (with an RST if `reset`).
+    pub fn reject(
+        &mut self,
+        listen_port: u16,
+        remote: SocketAddrV4,
+        reset: bool,
+    ) -> Result<(), ClientError> {
+        self.expect_ok(&AppRequest::Reject {
+            listen_port,
+            remote,
+            reset,
+        })
+    }
+
     /// Drops a listen registration.
     pub fn unlisten(&mut self, port: u16) -> Result<(), ClientError> {
         self.expect_ok(&AppRequest::Unlisten { port })
@@ -322,6 +358,51 @@ impl Client {
                 return Ok(None);
             }
             self.decoder.read_from(&self.sock)?;
+        }
+    }
+
+    /// Events received and kept (while waiting for replies) but not yet taken: an event loop
+    /// that sleeps on the socket must take these first, they will not make it readable.
+    pub fn queued_events(&self) -> usize {
+        self.events.len()
+    }
+
+    /// The next event, waiting up to `timeout` for one (`None`: forever).
+    pub fn wait_event(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<AppEvent>, ClientError> {
+        let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+        loop {
+            if let Some(e) = self.poll_event()? {
+                return Ok(Some(e));
+            }
+            let left = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    Some(rustix::event::Timespec {
+                        tv_sec: left.as_secs() as i64,
+                        tv_nsec: i64::from(left.subsec_nanos()),
+                    })
+                }
+                None => None,
+            };
+            let mut fds = [rustix::event::PollFd::new(
+                &self.sock,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, left.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(ClientError::Wire(WireError::Io {
+                        op: "poll",
+                        source: e.into(),
+                    }))
+                }
+            }
         }
     }
 

@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 
 use nemflow_config::Config;
 use nemflow_proto::app::{
-    AppError, AppErrorKind, AppEvent, AppReply, AppRequest, Buffers, FlowInfo, FlowKind, HostInfo,
-    Neighbour, OpenFlow, Opened, Owner, ServerMsg, StatsReport, Transport,
+    AcceptFlow, AppError, AppErrorKind, AppEvent, AppReply, AppRequest, Buffers, FlowInfo,
+    FlowKind, HostInfo, Incoming, Neighbour, OpenFlow, Opened, Owner, ServerMsg, StatsReport,
+    Transport, DEFAULT_BACKLOG, MAX_BACKLOG,
 };
-use nemflow_proto::ctl::{DriverReply, DriverRequest, ErrorKind as DrvErr, FlowStats, PortInfo};
+use nemflow_proto::ctl::{
+    DriverReply, DriverRequest, ErrorKind as DrvErr, FlowStats, PortInfo, TcpSeen,
+};
 use nemflow_proto::flow::{ip_proto, Fib, Filter, FlowId, Qos, Template, TemplateKind};
 use nemflow_proto::wire::{self, Decoder, WireError};
 use nemflow_rbuf::spec::{MAX_SLOTS, PAGE_BYTES};
@@ -24,7 +27,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::arp::{ArpNews, Lookup};
 use crate::driver::{DriverLink, LinkError};
-use crate::host::{Host, HostConfig};
+use crate::host::{Host, HostConfig, News, SynNews, TcpLookup};
 use crate::policy::Policy;
 use crate::ports::{Claim, PortError, PortTable};
 use crate::routing::{NextHop, RouteError, Routes};
@@ -40,6 +43,10 @@ const REQUESTS_PER_TURN: usize = 32;
 
 /// Frames taken from the host flow per loop turn.
 const FRAMES_PER_TURN: usize = 256;
+
+/// How long a SYN called back waits for the app's `Accept` or `Reject` before its place in the
+/// backlog is freed (the peer retransmits its SYN meanwhile; those are duplicates).
+pub const PENDING_SYN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why the daemon could not start; `Display` is the one line the binary prints.
 #[derive(Debug, thiserror::Error)]
@@ -141,9 +148,42 @@ counters! {
         host_tx_dropped,
         /// Invalid iorecs on the host flow's receive channel.
         host_rx_invalid,
-        /// Events sent to apps (FIB changed, revoked).
+        /// Events sent to apps (FIB changed, revoked, incoming connections).
         events_sent,
+        /// SYNs to a listening port passed to its app (`Incoming`).
+        syn_callbacks,
+        /// SYNs for a connection request already waiting for its app (retransmissions).
+        syn_duplicates,
+        /// SYNs dropped: the listening port's backlog of waiting requests was full.
+        syn_backlog_full,
+        /// Connection requests whose app answered neither `Accept` nor `Reject` in time.
+        syn_expired,
+        /// Connections accepted (`Accept`).
+        tcp_accepts,
+        /// Connection requests refused (`Reject`).
+        tcp_rejects,
+        /// TCP connections reset by the flow manager: their flow went away (app exit, crash,
+        /// close) before the connection was closed both ways.
+        tcp_resets_on_close,
+        /// TCP connections closed both ways, held for TIME_WAIT with their sequence state.
+        tcp_time_waits,
     }
+}
+
+/// A listening port: who listens, and the connection requests waiting for its answer.
+#[derive(Debug)]
+struct Listener {
+    owner: u64,
+    backlog: u32,
+    pending: BTreeMap<SocketAddrV4, PendingSyn>,
+}
+
+/// A SYN called back, waiting for `Accept` or `Reject`.
+#[derive(Debug)]
+struct PendingSyn {
+    syn: Vec<u8>,
+    since: Instant,
+    reopens_time_wait: bool,
 }
 
 /// One queued message to a client.
@@ -279,6 +319,8 @@ pub struct Daemon<D: DriverLink> {
     fatal: Option<String>,
     /// Flows to remove once the current reply is sent.
     deferred: Vec<FlowId>,
+    /// Listening TCP ports.
+    listeners: BTreeMap<u16, Listener>,
     /// Channel pairs (tx, rx, rx read-only) of the default geometry, made ahead of time by a
     /// factory thread: creating a channel costs tens of µs of system calls, which this takes
     /// off the open path. The thread shares nothing with the loop but this bounded queue.
@@ -555,6 +597,7 @@ impl<D: DriverLink> Daemon<D> {
             tx: Vec::new(),
             fatal: None,
             deferred: Vec::new(),
+            listeners: BTreeMap::new(),
             spare: sync_channel(0).1,
             default_spec: spec,
         };
@@ -629,6 +672,8 @@ impl<D: DriverLink> Daemon<D> {
             }
             self.disconnect(cid, driver_ok);
         }
+        // Resets for connections left open go out before the host flow does.
+        self.transmit();
         if driver_ok {
             let _ = self
                 .driver
@@ -657,6 +702,14 @@ impl<D: DriverLink> Daemon<D> {
         };
         consider(self.host.next_deadline());
         consider(self.ports.next_expiry());
+        for l in self.listeners.values() {
+            consider(
+                l.pending
+                    .values()
+                    .map(|p| p.since + PENDING_SYN_TIMEOUT)
+                    .min(),
+            );
+        }
         for c in self.clients.values() {
             consider(c.msg_started.map(|t| t + self.set.client_timeout));
         }
@@ -761,6 +814,12 @@ impl<D: DriverLink> Daemon<D> {
             self.on_arp_news(n, now);
         }
         self.ports.expire(now);
+        for l in self.listeners.values_mut() {
+            let before = l.pending.len();
+            l.pending
+                .retain(|_, p| now.saturating_duration_since(p.since) < PENDING_SYN_TIMEOUT);
+            self.counters.syn_expired += (before - l.pending.len()) as u64;
+        }
         let timeout = self.set.client_timeout;
         let stalled: Vec<u64> = self
             .clients
@@ -1026,6 +1085,7 @@ impl<D: DriverLink> Daemon<D> {
         for port in &c.listens {
             self.ports
                 .release(ip_proto::TCP, *port, Claim::Listen, cid, None);
+            self.listeners.remove(port);
         }
         tracing::debug!(
             client = cid,
@@ -1039,6 +1099,17 @@ impl<D: DriverLink> Daemon<D> {
     fn teardown(&mut self, fid: FlowId, driver_ok: bool) {
         let Some(f) = self.flows.remove(&fid) else {
             return;
+        };
+        // A TCP connection: what the driver saw of it decides between TIME_WAIT and RST.
+        let tcp_conn = match (f.claim, f.fib.remote) {
+            (Some((ip_proto::TCP, port, Claim::Connected(_))), Some(remote)) => {
+                Some((port, remote))
+            }
+            _ => None,
+        };
+        let seen = match tcp_conn {
+            Some(_) if driver_ok && self.fatal.is_none() => self.tcp_seen(fid),
+            _ => None,
         };
         if driver_ok && self.fatal.is_none() {
             match self
@@ -1064,8 +1135,142 @@ impl<D: DriverLink> Daemon<D> {
                 tw.then_some((Instant::now(), self.set.time_wait)),
             );
         }
+        if let (Some((port, remote)), Some(seen)) = (tcp_conn, seen) {
+            self.after_tcp_close(port, remote, f.fib.next_hop_mac, seen);
+        }
         self.policy.release(f.who.uid, f.channel_bytes);
         tracing::debug!(flow = %fid, "flow removed");
+    }
+
+    /// The driver's view of a TCP flow's sequence space (`None` if it never carried a segment
+    /// or the driver cannot say).
+    fn tcp_seen(&mut self, fid: FlowId) -> Option<TcpSeen> {
+        match self
+            .driver
+            .call(&DriverRequest::FlowStats { id: Some(fid) }, &[])
+        {
+            Ok(DriverReply::FlowStats(v)) => v.into_iter().find(|s| s.id == fid)?.tcp,
+            Ok(_) => None,
+            Err(e) => {
+                self.fatal = Some(e.to_string());
+                None
+            }
+        }
+    }
+
+    /// A TCP connection's flow is gone. Closed both ways (FIN sent and received): TIME_WAIT
+    /// with its sequence state, so the flow manager answers for it (RFC 793, the registry
+    /// server of the Mach paper §3.4). Otherwise its app left it open (exit, crash, `kill -9`):
+    /// the peer gets an RST it accepts, at our next sequence number.
+    fn after_tcp_close(
+        &mut self,
+        port: u16,
+        remote: SocketAddrV4,
+        mac: Option<[u8; 6]>,
+        seen: TcpSeen,
+    ) {
+        let both_fins = seen.tx_flags & TcpSeen::FIN != 0 && seen.rx_flags & TcpSeen::FIN != 0;
+        let reset = (seen.tx_flags | seen.rx_flags) & TcpSeen::RST != 0;
+        let synchronized = seen.tx_flags & (TcpSeen::SYN | TcpSeen::ACK) != 0;
+        if both_fins && !reset {
+            self.ports.set_time_wait_state(port, remote, seen);
+            self.counters.tcp_time_waits += 1;
+        } else if !reset && synchronized {
+            if let Some(mac) = mac {
+                let ack = (seen.tx_flags & TcpSeen::ACK != 0).then_some(seen.rcv_nxt);
+                self.host
+                    .reset(port, remote, mac, seen.snd_nxt, ack, &mut self.tx);
+                self.counters.tcp_resets_on_close += 1;
+                tracing::debug!(port, %remote, "connection left open: reset");
+            }
+        }
+    }
+
+    /// A SYN to a listening port: call its app back, within the port's backlog.
+    fn on_syn(&mut self, syn: SynNews, now: Instant) {
+        let Some(l) = self.listeners.get_mut(&syn.port) else {
+            return;
+        };
+        if l.pending.contains_key(&syn.remote) {
+            self.counters.syn_duplicates += 1;
+            return;
+        }
+        if l.pending.len() >= l.backlog as usize {
+            self.counters.syn_backlog_full += 1;
+            return;
+        }
+        l.pending.insert(
+            syn.remote,
+            PendingSyn {
+                syn: syn.frame.clone(),
+                since: now,
+                reopens_time_wait: syn.reopens_time_wait,
+            },
+        );
+        let owner = l.owner;
+        self.counters.syn_callbacks += 1;
+        self.send_event(
+            owner,
+            AppEvent::Incoming(Incoming {
+                listen_port: syn.port,
+                remote: syn.remote,
+                syn: syn.frame,
+                isn_above: syn.isn_above,
+            }),
+        );
+    }
+
+    /// Takes the waiting request `remote` → `port` of this client off its listener.
+    fn take_pending(
+        &mut self,
+        who: &Who,
+        port: u16,
+        remote: SocketAddrV4,
+    ) -> Result<PendingSyn, AppError> {
+        let l = self
+            .listeners
+            .get_mut(&port)
+            .filter(|l| l.owner == who.cid)
+            .ok_or_else(|| {
+                app_err(
+                    AppErrorKind::Invalid,
+                    format!("not listening on tcp port {port}"),
+                )
+            })?;
+        l.pending.remove(&remote).ok_or_else(|| {
+            app_err(
+                AppErrorKind::Invalid,
+                format!("no connection request from {remote} to port {port} is waiting"),
+            )
+        })
+    }
+
+    /// `Accept`: the connection's own flow, opened as a connected TCP flow on the listening
+    /// port (the listener's owner owns the port, so the claim is its own).
+    fn accept_flow(
+        &mut self,
+        who: &Who,
+        a: AcceptFlow,
+        now: Instant,
+    ) -> Option<Result<(AppReply, Vec<OwnedFd>), AppError>> {
+        let pending = match self.take_pending(who, a.listen_port, a.remote) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        if pending.reopens_time_wait {
+            self.ports.clear_time_wait(a.listen_port, a.remote);
+        }
+        self.counters.tcp_accepts += 1;
+        let open = OpenFlow {
+            qos: a.qos,
+            buffers: a.buffers,
+            ..OpenFlow::tcp(a.listen_port, a.remote)
+        };
+        match self.open(who, open, now) {
+            Ok(Some(p)) => Some(self.finish_open(*p.0, p.1)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 
     /// Undoes a prepared (not installed) flow.
@@ -1131,7 +1336,9 @@ impl<D: DriverLink> Daemon<D> {
                 self.counters.flows_closed += 1;
                 plain(Ok(AppReply::Ok))
             }
-            AppRequest::Listen { local_ip, port } => plain(self.listen(who, local_ip, port, now)),
+            AppRequest::Listen { local_ip, port } => {
+                plain(self.listen(who, local_ip, port, DEFAULT_BACKLOG, now))
+            }
             AppRequest::Unlisten { port } => {
                 let had = self
                     .clients
@@ -1145,6 +1352,7 @@ impl<D: DriverLink> Daemon<D> {
                 }
                 self.ports
                     .release(ip_proto::TCP, port, Claim::Listen, who.cid, None);
+                self.listeners.remove(&port);
                 plain(Ok(AppReply::Ok))
             }
             AppRequest::ListFlows => plain(Ok(AppReply::Flows(self.listing(who, true, now)))),
@@ -1157,10 +1365,26 @@ impl<D: DriverLink> Daemon<D> {
             AppRequest::Stats => plain(self.stats(who, now).map(AppReply::Stats)),
             AppRequest::Arp => plain(Ok(AppReply::Arp(self.host.arp().entries(now)))),
             AppRequest::Routes => plain(Ok(AppReply::Routes(self.routes.entries()))),
-            AppRequest::ListenBacklog { .. }
-            | AppRequest::Accept(_)
-            | AppRequest::Reject { .. } => {
-                plain(Err(app_err(AppErrorKind::Invalid, "not supported yet")))
+            AppRequest::ListenBacklog {
+                local_ip,
+                port,
+                backlog,
+            } => plain(self.listen(who, local_ip, port, backlog, now)),
+            AppRequest::Accept(a) => self.accept_flow(who, a, now),
+            AppRequest::Reject {
+                listen_port,
+                remote,
+                reset,
+            } => {
+                let pending = match self.take_pending(who, listen_port, remote) {
+                    Ok(p) => p,
+                    Err(e) => return plain(Err(e)),
+                };
+                self.counters.tcp_rejects += 1;
+                if reset {
+                    self.host.refuse_syn(now, &pending.syn, &mut self.tx);
+                }
+                plain(Ok(AppReply::Ok))
             }
         }
     }
@@ -1532,6 +1756,7 @@ impl<D: DriverLink> Daemon<D> {
         who: &Who,
         local_ip: Option<Ipv4Addr>,
         port: u16,
+        backlog: u32,
         now: Instant,
     ) -> Result<AppReply, AppError> {
         self.check_local_ip(local_ip)?;
@@ -1543,6 +1768,14 @@ impl<D: DriverLink> Daemon<D> {
         if let Some(c) = self.clients.get_mut(&who.cid) {
             c.listens.insert(port);
         }
+        self.listeners.insert(
+            port,
+            Listener {
+                owner: who.cid,
+                backlog: backlog.clamp(1, MAX_BACKLOG),
+                pending: BTreeMap::new(),
+            },
+        );
         Ok(AppReply::Listening { port })
     }
 
@@ -1662,11 +1895,15 @@ impl<D: DriverLink> Daemon<D> {
         }
         for f in frames {
             let ports = &self.ports;
-            let news = self
-                .host
-                .on_frame(now, &f, |p| ports.is_listening(p), &mut self.tx);
-            if let Some(n) = news {
-                self.on_arp_news(n, now);
+            let listeners = &self.listeners;
+            let lookup = |port: u16, remote: SocketAddrV4| TcpLookup {
+                listening: listeners.contains_key(&port),
+                time_wait: ports.time_wait_of(port, remote, now),
+            };
+            match self.host.on_frame(now, &f, lookup, &mut self.tx) {
+                Some(News::Arp(n)) => self.on_arp_news(n, now),
+                Some(News::Syn(syn)) => self.on_syn(syn, now),
+                None => {}
             }
         }
         Ok(())

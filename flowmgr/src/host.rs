@@ -1,17 +1,26 @@
 //! The host's own protocols on the flow manager's last-resort flow: ARP (answer, learn, resolve,
 //! announce, detect conflicts), ICMP echo, ICMP port/protocol unreachable for datagrams no flow
-//! took, and RST for TCP segments no flow took.
+//! took, and for TCP segments no flow took: a call-back for a SYN to a listening port, the
+//! TIME_WAIT answers for a closed connection's 4-tuple, and RST for the rest.
 //!
-//! No I/O: [`Host::on_frame`] takes one received frame and the time, and appends the frames to
-//! send. Error replies (ICMP unreachable, RST) share one token bucket, echo replies have their
+//! No I/O: [`Host::on_frame`] takes one received frame and the time, appends the frames to
+//! send, and returns news for the daemon (ARP resolutions, SYNs to call an app back for).
+//!
+//! TIME_WAIT follows RFC 793 with RFC 1122 §4.2.2.13 and RFC 1337, as Linux does: a SYN whose
+//! sequence number is above the old connection's receive point reopens the 4-tuple (if an app
+//! listens; its new initial sequence number must be above the old send point), an RST is
+//! ignored, and every other segment (an old duplicate SYN, a retransmitted FIN, stray data) is
+//! answered with the final ACK again. Error replies (ICMP unreachable, RST) share one token bucket, echo replies have their
 //! own, and every frame that gets no reply is counted under the reason why. Following RFC 1122
 //! (§3.2.2 and §4.2.2.13) and RFC 1812 §4.3.2.7, nothing is sent in reply to an ICMP error, an
 //! RST, a frame to a broadcast or multicast address, a fragment other than the first, or a
 //! datagram whose source is not a single host (unspecified, broadcast, multicast, loopback,
 //! class E, our own address, our subnet's network or broadcast address).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
+
+use nemflow_proto::ctl::TcpSeen;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -67,8 +76,14 @@ counters! {
         proto_unreachable,
         /// RSTs sent for TCP no flow took.
         tcp_resets,
-        /// SYNs to a port an app listens on (no accept call-back yet: answered with RST).
+        /// SYNs to a port an app listens on (passed to the daemon to call the app back).
         syn_for_listener,
+        /// Segments for a 4-tuple in TIME_WAIT answered with its final ACK.
+        time_wait_acks,
+        /// SYNs that reopened a 4-tuple in TIME_WAIT (RFC 1122 §4.2.2.13).
+        time_wait_reopens,
+        /// RSTs for a 4-tuple in TIME_WAIT, ignored (RFC 1337).
+        time_wait_rst_ignored,
         /// Error replies not sent: over the error rate.
         errors_rate_limited,
         /// ICMP errors received (never answered).
@@ -177,12 +192,54 @@ enum Reply<'a> {
         code: u8,
         quote: &'a [u8],
     },
-    Reset {
+    /// An RST (or, with `rst` false, a bare ACK): `ack` sets the ACK flag.
+    Tcp {
+        rst: bool,
         seq: TcpSeqNumber,
         ack: Option<TcpSeqNumber>,
         src_port: u16,
         dst_port: u16,
     },
+}
+
+/// What the daemon knows about a TCP 4-tuple that no flow took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpLookup {
+    /// An app listens on the local port.
+    pub listening: bool,
+    /// The 4-tuple is held for TIME_WAIT; with the old connection's sequence state when the
+    /// driver saw it close cleanly (`None`: it was reset or never synchronized, and segments
+    /// are answered as for a closed port).
+    pub time_wait: Option<Option<TcpSeen>>,
+}
+
+/// A SYN to a listening port: the daemon calls the listening app back with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SynNews {
+    /// The listening port.
+    pub port: u16,
+    /// The connecting peer.
+    pub remote: SocketAddrV4,
+    /// The SYN frame as received.
+    pub frame: Vec<u8>,
+    /// It reopens a 4-tuple held for TIME_WAIT (the daemon ends the hold on accept).
+    pub reopens_time_wait: bool,
+    /// The new connection's initial sequence number must be above this one.
+    pub isn_above: Option<u32>,
+}
+
+/// News from one frame for the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum News {
+    /// ARP resolved or failed an address.
+    Arp(ArpNews),
+    /// A SYN for a listening port.
+    Syn(SynNews),
+}
+
+/// `a` is after `b` in TCP sequence space.
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 impl Host {
@@ -251,26 +308,23 @@ impl Host {
         self.arp.next_deadline()
     }
 
-    /// Handles one frame that no flow took. `listening(port)` says whether an app listens on a
-    /// TCP port. Replies are appended to `out`; ARP news is returned.
+    /// Handles one frame that no flow took. `tcp(local_port, remote)` says what the daemon
+    /// knows about a TCP 4-tuple. Replies are appended to `out`; news is returned.
     pub fn on_frame(
         &mut self,
         now: Instant,
         frame: &[u8],
-        listening: impl Fn(u16) -> bool,
+        tcp: impl Fn(u16, SocketAddrV4) -> TcpLookup,
         out: &mut Vec<Vec<u8>>,
-    ) -> Option<ArpNews> {
+    ) -> Option<News> {
         self.counters.rx_frames += 1;
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
             self.counters.malformed += 1;
             return None;
         };
         match eth.ethertype() {
-            EthernetProtocol::Arp => self.on_arp(now, frame, out),
-            EthernetProtocol::Ipv4 => {
-                self.on_ipv4(now, &eth, listening, out);
-                None
-            }
+            EthernetProtocol::Arp => self.on_arp(now, frame, out).map(News::Arp),
+            EthernetProtocol::Ipv4 => self.on_ipv4(now, &eth, tcp, out),
             _ => {
                 self.counters.other_ethertype += 1;
                 None
@@ -353,36 +407,36 @@ impl Host {
         &mut self,
         now: Instant,
         eth: &EthernetFrame<&[u8]>,
-        listening: impl Fn(u16) -> bool,
+        tcp_lookup: impl Fn(u16, SocketAddrV4) -> TcpLookup,
         out: &mut Vec<Vec<u8>>,
-    ) {
+    ) -> Option<News> {
         let c = &mut self.counters;
         let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
             c.malformed += 1;
-            return;
+            return None;
         };
         if ip.version() != 4 || !ip.verify_checksum() {
             c.malformed += 1;
-            return;
+            return None;
         }
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         let eth_dst = eth.dst_addr().0;
         if eth_dst[0] & 1 != 0 || dst.is_broadcast() || dst.is_multicast() || dst == self.broadcast
         {
             c.suppressed_broadcast += 1;
-            return;
+            return None;
         }
         if dst != self.cfg.ip || eth_dst != self.cfg.mac {
             c.not_for_us += 1;
-            return;
+            return None;
         }
         if !self.valid_source(src) || eth.src_addr().0[0] & 1 != 0 {
             self.counters.suppressed_invalid_source += 1;
-            return;
+            return None;
         }
         if ip.frag_offset() != 0 {
             self.counters.suppressed_fragment += 1;
-            return;
+            return None;
         }
         let whole = !ip.more_frags();
         let payload = ip.payload();
@@ -392,21 +446,21 @@ impl Host {
             IpProtocol::Icmp => {
                 let Ok(icmp) = Icmpv4Packet::new_checked(payload) else {
                     self.counters.malformed += 1;
-                    return;
+                    return None;
                 };
                 match icmp.msg_type() {
                     Icmpv4Message::EchoRequest => {
                         if !whole {
                             self.counters.suppressed_fragment += 1;
-                            return;
+                            return None;
                         }
                         if !icmp.verify_checksum() {
                             self.counters.malformed += 1;
-                            return;
+                            return None;
                         }
                         if !self.echo.take(now) {
                             self.counters.echo_rate_limited += 1;
-                            return;
+                            return None;
                         }
                         self.counters.echo_replies += 1;
                         Reply::Echo {
@@ -420,34 +474,34 @@ impl Host {
                     | Icmpv4Message::TimeExceeded
                     | Icmpv4Message::ParamProblem => {
                         self.counters.icmp_errors_received += 1;
-                        return;
+                        return None;
                     }
                     _ if u8::from(icmp.msg_type()) == 4 => {
                         // Source quench: an error too.
                         self.counters.icmp_errors_received += 1;
-                        return;
+                        return None;
                     }
                     _ => {
                         self.counters.icmp_ignored += 1;
-                        return;
+                        return None;
                     }
                 }
             }
             IpProtocol::Udp => {
                 let Ok(udp) = UdpPacket::new_checked(payload) else {
                     self.counters.malformed += 1;
-                    return;
+                    return None;
                 };
                 if whole
                     && udp.checksum() != 0
                     && !udp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst))
                 {
                     self.counters.malformed += 1;
-                    return;
+                    return None;
                 }
                 if !self.errors.take(now) {
                     self.counters.errors_rate_limited += 1;
-                    return;
+                    return None;
                 }
                 self.counters.udp_port_unreachable += 1;
                 Reply::Unreachable {
@@ -458,22 +512,70 @@ impl Host {
             IpProtocol::Tcp => {
                 let Ok(tcp) = TcpPacket::new_checked(payload) else {
                     self.counters.malformed += 1;
-                    return;
+                    return None;
                 };
                 if whole && !tcp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst)) {
                     self.counters.malformed += 1;
-                    return;
+                    return None;
                 }
+                let remote = SocketAddrV4::new(src, tcp.src_port());
+                let found = tcp_lookup(tcp.dst_port(), remote);
+                let seq = tcp.seq_number().0 as u32;
+                let syn = tcp.syn() && !tcp.ack() && !tcp.rst();
                 if tcp.rst() {
-                    self.counters.suppressed_rst += 1;
-                    return;
+                    if found.time_wait.is_some_and(|s| s.is_some()) {
+                        self.counters.time_wait_rst_ignored += 1;
+                    } else {
+                        self.counters.suppressed_rst += 1;
+                    }
+                    return None;
                 }
-                if tcp.syn() && !tcp.ack() && listening(tcp.dst_port()) {
+                let mut reopens_time_wait = false;
+                let mut isn_above = None;
+                match found.time_wait {
+                    Some(Some(tw)) if !(syn && seq_after(seq, tw.rcv_nxt)) => {
+                        // An old duplicate SYN, a retransmitted FIN, anything else: the final
+                        // ACK again (RFC 793 TIME-WAIT; rate limited like every reply).
+                        if !self.errors.take(now) {
+                            self.counters.errors_rate_limited += 1;
+                            return None;
+                        }
+                        self.counters.time_wait_acks += 1;
+                        let reply = Reply::Tcp {
+                            rst: false,
+                            seq: TcpSeqNumber(tw.snd_nxt as i32),
+                            ack: Some(TcpSeqNumber(tw.rcv_nxt as i32)),
+                            src_port: tcp.dst_port(),
+                            dst_port: tcp.src_port(),
+                        };
+                        out.push(self.emit(eth.src_addr().0, src, &reply));
+                        return None;
+                    }
+                    Some(Some(tw)) => {
+                        // A new incarnation (RFC 1122 §4.2.2.13): only to a listener.
+                        reopens_time_wait = true;
+                        isn_above = Some(tw.snd_nxt);
+                    }
+                    Some(None) => reopens_time_wait = true,
+                    None => {}
+                }
+                if syn && found.listening {
                     self.counters.syn_for_listener += 1;
+                    if reopens_time_wait {
+                        self.counters.time_wait_reopens += 1;
+                    }
+                    let len = ETHERNET_HEADER + usize::from(ip.total_len());
+                    return Some(News::Syn(SynNews {
+                        port: tcp.dst_port(),
+                        remote,
+                        frame: eth.as_ref()[..len].to_vec(),
+                        reopens_time_wait,
+                        isn_above,
+                    }));
                 }
                 if !self.errors.take(now) {
                     self.counters.errors_rate_limited += 1;
-                    return;
+                    return None;
                 }
                 self.counters.tcp_resets += 1;
                 // RFC 793 "Reset Generation", CLOSED state.
@@ -482,7 +584,8 @@ impl Host {
                 } else {
                     (TcpSeqNumber(0), Some(tcp.seq_number() + tcp.segment_len()))
                 };
-                Reply::Reset {
+                Reply::Tcp {
+                    rst: true,
                     seq,
                     ack,
                     src_port: tcp.dst_port(),
@@ -492,7 +595,7 @@ impl Host {
             _ => {
                 if !self.errors.take(now) {
                     self.counters.errors_rate_limited += 1;
-                    return;
+                    return None;
                 }
                 self.counters.proto_unreachable += 1;
                 Reply::Unreachable {
@@ -503,6 +606,7 @@ impl Host {
         };
         let frame = self.emit(eth.src_addr().0, src, &reply);
         out.push(frame);
+        None
     }
 
     /// Builds the reply frame to `to_mac`/`to_ip`.
@@ -513,7 +617,7 @@ impl Host {
                 IpProtocol::Icmp,
                 8 + quote.len().min(ICMP_ERROR_MAX_BYTES - 20 - 8),
             ),
-            Reply::Reset { .. } => (IpProtocol::Tcp, 20),
+            Reply::Tcp { .. } => (IpProtocol::Tcp, 20),
         };
         let eth = EthernetRepr {
             src_addr: EthernetAddress(self.cfg.mac),
@@ -555,7 +659,8 @@ impl Host {
                 data.copy_from_slice(&quote[..n]);
                 icmp.fill_checksum();
             }
-            Reply::Reset {
+            Reply::Tcp {
+                rst,
                 seq,
                 ack,
                 src_port,
@@ -568,7 +673,7 @@ impl Host {
                 tcp.set_ack_number(ack.unwrap_or(TcpSeqNumber(0)));
                 tcp.set_header_len(20);
                 tcp.clear_flags();
-                tcp.set_rst(true);
+                tcp.set_rst(rst);
                 tcp.set_ack(ack.is_some());
                 tcp.set_window_len(0);
                 tcp.set_urgent_at(0);
@@ -578,6 +683,43 @@ impl Host {
         buf
     }
 }
+
+impl Host {
+    /// Refuses a SYN the daemon called an app back for (the app rejected it): RST|ACK with
+    /// `ack = SEG.SEQ + 1`, as for a closed port. Rate limited like every error reply.
+    pub fn refuse_syn(&mut self, now: Instant, syn: &[u8], out: &mut Vec<Vec<u8>>) {
+        self.on_frame(now, syn, |_, _| TcpLookup::default(), out);
+        // Counted as a frame by `on_frame`; it was not received twice.
+        self.counters.rx_frames = self.counters.rx_frames.saturating_sub(1);
+    }
+
+    /// Resets a connection whose app is gone: RST (with ACK when `ack` is given) from
+    /// `local_port` to `remote` at `to_mac`, with sequence number `seq` (the connection's next
+    /// one, which the peer accepts as in window; RFC 5961 peers answer an inexact one with a
+    /// challenge ACK, which then finds no flow and is reset exactly, `SEG.SEQ = SEG.ACK`).
+    pub fn reset(
+        &mut self,
+        local_port: u16,
+        remote: SocketAddrV4,
+        to_mac: [u8; 6],
+        seq: u32,
+        ack: Option<u32>,
+        out: &mut Vec<Vec<u8>>,
+    ) {
+        self.counters.tcp_resets += 1;
+        let reply = Reply::Tcp {
+            rst: true,
+            seq: TcpSeqNumber(seq as i32),
+            ack: ack.map(|a| TcpSeqNumber(a as i32)),
+            src_port: local_port,
+            dst_port: remote.port(),
+        };
+        out.push(self.emit(to_mac, *remote.ip(), &reply));
+    }
+}
+
+/// Bytes of an Ethernet header (no VLAN tag).
+const ETHERNET_HEADER: usize = 14;
 
 /// `02:4e:46:00:00:01`.
 pub fn fmt_mac(mac: [u8; 6]) -> String {
@@ -703,8 +845,15 @@ mod tests {
 
     fn run(h: &mut Host, frame: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        h.on_frame(Instant::now(), frame, |p| p == 80, &mut out);
+        h.on_frame(Instant::now(), frame, |_, _| TcpLookup::default(), &mut out);
         out
+    }
+
+    /// `run` with what the daemon knows about TCP 4-tuples.
+    fn run_tcp(h: &mut Host, frame: &[u8], lookup: TcpLookup) -> (Vec<Vec<u8>>, Option<News>) {
+        let mut out = Vec::new();
+        let news = h.on_frame(Instant::now(), frame, |_, _| lookup, &mut out);
+        (out, news)
     }
 
     /// The reply's IPv4 packet, checked: from us, to the peer, valid checksum, to the peer's MAC.
@@ -769,13 +918,13 @@ mod tests {
         assert_eq!(out.len(), 1, "retry");
         let reply = arp::frame(MAC, false, PEER_MAC, PEER, MAC, US);
         let mut none = Vec::new();
-        let news = h.on_frame(t0, &reply, |_| false, &mut none);
+        let news = h.on_frame(t0, &reply, |_, _| TcpLookup::default(), &mut none);
         assert!(matches!(
             news,
-            Some(ArpNews::Resolved {
+            Some(News::Arp(ArpNews::Resolved {
                 completed: true,
                 ..
-            })
+            }))
         ));
         assert!(none.is_empty());
         assert_eq!(h.counters().arp_requests_sent, 2);
@@ -869,7 +1018,6 @@ mod tests {
             (t.seq_number(), t.ack_number()),
             (TcpSeqNumber(0), TcpSeqNumber(1001))
         );
-        assert_eq!(h.counters().syn_for_listener, 1, "port 80 has a listener");
         // A segment with ACK and data: RST with seq = its ack.
         let f = ip_frame(
             MAC,
@@ -898,6 +1046,162 @@ mod tests {
         assert!(run(&mut h, &f).is_empty());
         assert_eq!(h.counters().suppressed_rst, 1);
         assert_eq!(h.counters().tcp_resets, 2);
+    }
+
+    /// A TCP segment 10.77.0.2:40000 → :80 with `seq`, flags (TcpSeen bits), ack if ACK.
+    fn seg(seq: u32, ack: u32, flags: u8) -> Vec<u8> {
+        let mut l4 = vec![0u8; 20];
+        let mut t = TcpPacket::new_unchecked(&mut l4[..]);
+        t.set_src_port(40000);
+        t.set_dst_port(80);
+        t.set_seq_number(TcpSeqNumber(seq as i32));
+        t.set_ack_number(TcpSeqNumber(ack as i32));
+        t.set_header_len(20);
+        t.clear_flags();
+        t.set_syn(flags & TcpSeen::SYN != 0);
+        t.set_fin(flags & TcpSeen::FIN != 0);
+        t.set_rst(flags & TcpSeen::RST != 0);
+        t.set_ack(flags & TcpSeen::ACK != 0);
+        t.set_window_len(512);
+        t.fill_checksum(&IpAddress::Ipv4(PEER), &IpAddress::Ipv4(US));
+        ip_frame(MAC, PEER, US, IpProtocol::Tcp, &l4, 0, false)
+    }
+
+    fn reply_tcp(frame: &[u8]) -> (TcpSeqNumber, TcpSeqNumber, bool, bool, bool) {
+        let ip = reply_ip(frame);
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(t.verify_checksum(&IpAddress::Ipv4(US), &IpAddress::Ipv4(PEER)));
+        assert_eq!((t.src_port(), t.dst_port()), (80, 40000));
+        (t.seq_number(), t.ack_number(), t.rst(), t.ack(), t.syn())
+    }
+
+    #[test]
+    fn a_syn_to_a_listener_is_news_not_a_reset() {
+        let mut h = host();
+        let listening = TcpLookup {
+            listening: true,
+            time_wait: None,
+        };
+        let syn = seg(1000, 0, TcpSeen::SYN);
+        let (out, news) = run_tcp(&mut h, &syn, listening);
+        assert!(out.is_empty(), "the app answers, not the host");
+        let Some(News::Syn(n)) = news else {
+            panic!("no call-back: {news:?}")
+        };
+        assert_eq!(n.port, 80);
+        assert_eq!(n.remote, SocketAddrV4::new(PEER, 40000));
+        assert_eq!(n.frame, syn, "the whole SYN frame is handed over");
+        assert!(!n.reopens_time_wait && n.isn_above.is_none());
+        assert_eq!(h.counters().syn_for_listener, 1);
+        // A SYN-ACK or a bare ACK to the listening port has no connection: RST.
+        let (out, news) = run_tcp(
+            &mut h,
+            &seg(1000, 5, TcpSeen::SYN | TcpSeen::ACK),
+            listening,
+        );
+        assert!(news.is_none());
+        assert_eq!(reply_tcp(&out[0]).0, TcpSeqNumber(5));
+        // The app refuses: RST|ACK for the SYN.
+        let mut out = Vec::new();
+        h.refuse_syn(Instant::now(), &syn, &mut out);
+        let (seq, ack, rst, has_ack, _) = reply_tcp(&out[0]);
+        assert!(rst && has_ack);
+        assert_eq!((seq, ack), (TcpSeqNumber(0), TcpSeqNumber(1001)));
+        assert_eq!(
+            h.counters().rx_frames,
+            2,
+            "the refused SYN was received once"
+        );
+    }
+
+    #[test]
+    fn time_wait_answers_as_rfc_793_and_1122_say() {
+        let mut h = host();
+        // The old connection: we sent up to 5001 (FIN included), received up to 9001.
+        let state = TcpSeen {
+            snd_nxt: 5001,
+            rcv_nxt: 9001,
+            peer_ack: 5001,
+            peer_nxt: 9001,
+            tx_flags: TcpSeen::SYN | TcpSeen::ACK | TcpSeen::FIN,
+            rx_flags: TcpSeen::SYN | TcpSeen::ACK | TcpSeen::FIN,
+        };
+        let tw = |listening| TcpLookup {
+            listening,
+            time_wait: Some(Some(state)),
+        };
+        // The peer lost our last ACK and sends its FIN again: the final ACK again.
+        let (out, news) = run_tcp(
+            &mut h,
+            &seg(9000, 5001, TcpSeen::FIN | TcpSeen::ACK),
+            tw(true),
+        );
+        assert!(news.is_none());
+        let (seq, ack, rst, has_ack, syn) = reply_tcp(&out[0]);
+        assert!(!rst && has_ack && !syn);
+        assert_eq!((seq, ack), (TcpSeqNumber(5001), TcpSeqNumber(9001)));
+        // An old duplicate SYN (not above the receive point): the ACK, no call-back.
+        let (out, news) = run_tcp(&mut h, &seg(8000, 0, TcpSeen::SYN), tw(true));
+        assert!(news.is_none());
+        assert_eq!(reply_tcp(&out[0]).1, TcpSeqNumber(9001));
+        assert_eq!(h.counters().time_wait_acks, 2);
+        // An RST is ignored (RFC 1337).
+        let (out, _) = run_tcp(&mut h, &seg(9001, 0, TcpSeen::RST), tw(true));
+        assert!(out.is_empty());
+        assert_eq!(h.counters().time_wait_rst_ignored, 1);
+        // A new incarnation above the receive point (also across the wrap) reopens it for a
+        // listener, with our new ISN to be above the old send point.
+        let (out, news) = run_tcp(&mut h, &seg(9001 + 100_000, 0, TcpSeen::SYN), tw(true));
+        assert!(out.is_empty());
+        let Some(News::Syn(n)) = news else {
+            panic!("no reopen: {news:?}")
+        };
+        assert!(n.reopens_time_wait);
+        assert_eq!(n.isn_above, Some(5001));
+        assert_eq!(h.counters().time_wait_reopens, 1);
+        // Without a listener the new SYN is refused as at a closed port.
+        let (out, news) = run_tcp(&mut h, &seg(9001 + 100_000, 0, TcpSeen::SYN), tw(false));
+        assert!(news.is_none());
+        let (_, ack, rst, _, _) = reply_tcp(&out[0]);
+        assert!(rst);
+        assert_eq!(ack, TcpSeqNumber(9001 + 100_001));
+        // A hold without sequence state (the connection was reset): closed-port answers, and a
+        // SYN to a listener reopens it without an ISN bound.
+        let reset = |listening| TcpLookup {
+            listening,
+            time_wait: Some(None),
+        };
+        let (out, _) = run_tcp(&mut h, &seg(1, 77, TcpSeen::ACK), reset(false));
+        let (seq, _, rst, _, _) = reply_tcp(&out[0]);
+        assert!(rst);
+        assert_eq!(seq, TcpSeqNumber(77));
+        let (_, news) = run_tcp(&mut h, &seg(1, 0, TcpSeen::SYN), reset(true));
+        assert!(matches!(
+            news,
+            Some(News::Syn(SynNews {
+                reopens_time_wait: true,
+                isn_above: None,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn resets_a_connection_left_open() {
+        let mut h = host();
+        let mut out = Vec::new();
+        h.reset(
+            80,
+            SocketAddrV4::new(PEER, 40000),
+            PEER_MAC,
+            123_456,
+            Some(777),
+            &mut out,
+        );
+        let (seq, ack, rst, has_ack, _) = reply_tcp(&out[0]);
+        assert!(rst && has_ack);
+        assert_eq!((seq, ack), (TcpSeqNumber(123_456), TcpSeqNumber(777)));
+        assert_eq!(h.counters().tcp_resets, 1);
     }
 
     #[test]
@@ -1030,14 +1334,19 @@ mod tests {
         let t = Instant::now();
         let mut out = Vec::new();
         for _ in 0..80 {
-            h.on_frame(t, &f, |_| false, &mut out);
+            h.on_frame(t, &f, |_, _| TcpLookup::default(), &mut out);
         }
         assert_eq!(out.len(), 50, "the burst");
         assert_eq!(h.counters().errors_rate_limited, 30);
         // A second later the bucket has refilled by the rate (100/s), capped at the burst.
         out.clear();
         for _ in 0..80 {
-            h.on_frame(t + Duration::from_secs(1), &f, |_| false, &mut out);
+            h.on_frame(
+                t + Duration::from_secs(1),
+                &f,
+                |_, _| TcpLookup::default(),
+                &mut out,
+            );
         }
         assert_eq!(out.len(), 50);
         assert_eq!(h.counters().udp_port_unreachable, 100);

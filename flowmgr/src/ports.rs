@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
+use nemflow_proto::ctl::TcpSeen;
+
 /// Opaque owner of a port (the daemon's client id).
 pub type OwnerId = u64;
 
@@ -90,8 +92,9 @@ pub struct PortTable {
     /// Next ephemeral candidate per protocol.
     cursor: HashMap<u8, u16>,
     uses: HashMap<(u8, u16), PortUse>,
-    /// TCP 5-tuples in TIME_WAIT: (local port, remote) → expiry.
-    time_wait: HashMap<(u16, SocketAddrV4), Instant>,
+    /// TCP 5-tuples in TIME_WAIT: (local port, remote) → expiry and the old connection's
+    /// sequence state (when it closed cleanly).
+    time_wait: HashMap<(u16, SocketAddrV4), (Instant, Option<TcpSeen>)>,
     /// TIME_WAIT entries per local port.
     tw_ports: BTreeMap<u16, u32>,
 }
@@ -175,7 +178,7 @@ impl PortTable {
         }
         if let Claim::Connected(remote) = claim {
             if proto == nemflow_proto::flow::ip_proto::TCP {
-                if let Some(&until) = self.time_wait.get(&(port, remote)) {
+                if let Some(&(until, _)) = self.time_wait.get(&(port, remote)) {
                     if until > now {
                         return Err(PortError::TimeWait {
                             port,
@@ -238,7 +241,7 @@ impl PortTable {
                 if let (Some((now, d)), true) =
                     (time_wait, proto == nemflow_proto::flow::ip_proto::TCP)
                 {
-                    if !d.is_zero() && self.time_wait.insert((port, r), now + d).is_none() {
+                    if !d.is_zero() && self.time_wait.insert((port, r), (now + d, None)).is_none() {
                         *self.tw_ports.entry(port).or_default() += 1;
                     }
                 }
@@ -252,7 +255,7 @@ impl PortTable {
     /// Drops TIME_WAIT entries that expired by `now`.
     pub fn expire(&mut self, now: Instant) {
         let tw_ports = &mut self.tw_ports;
-        self.time_wait.retain(|(port, _), until| {
+        self.time_wait.retain(|(port, _), (until, _)| {
             let keep = *until > now;
             if !keep {
                 if let Some(n) = tw_ports.get_mut(port) {
@@ -268,7 +271,40 @@ impl PortTable {
 
     /// When the next TIME_WAIT entry expires.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.time_wait.values().min().copied()
+        self.time_wait.values().map(|(t, _)| *t).min()
+    }
+
+    /// Records the sequence state of a connection held for TIME_WAIT (after
+    /// [`release`](Self::release) put it there).
+    pub fn set_time_wait_state(&mut self, port: u16, remote: SocketAddrV4, seen: TcpSeen) {
+        if let Some(e) = self.time_wait.get_mut(&(port, remote)) {
+            e.1 = Some(seen);
+        }
+    }
+
+    /// The TIME_WAIT hold of a 4-tuple, if one is in force at `now`: `Some(state)`.
+    pub fn time_wait_of(
+        &self,
+        port: u16,
+        remote: SocketAddrV4,
+        now: Instant,
+    ) -> Option<Option<TcpSeen>> {
+        self.time_wait
+            .get(&(port, remote))
+            .filter(|(until, _)| *until > now)
+            .map(|(_, seen)| *seen)
+    }
+
+    /// Ends a TIME_WAIT hold early: a new incarnation of the connection was accepted.
+    pub fn clear_time_wait(&mut self, port: u16, remote: SocketAddrV4) {
+        if self.time_wait.remove(&(port, remote)).is_some() {
+            if let Some(n) = self.tw_ports.get_mut(&port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.tw_ports.remove(&port);
+                }
+            }
+        }
     }
 
     /// Whether a client listens on TCP `port`.
@@ -291,7 +327,7 @@ impl PortTable {
         let mut v: Vec<_> = self
             .time_wait
             .iter()
-            .map(|(&(p, r), &until)| (p, r, until.saturating_duration_since(now)))
+            .map(|(&(p, r), &(until, _))| (p, r, until.saturating_duration_since(now)))
             .collect();
         v.sort();
         v
@@ -384,6 +420,28 @@ mod tests {
             Err(PortError::Exhausted { .. })
         ));
         assert_eq!(t.next_expiry(), Some(now + Duration::from_secs(60)));
+        // The hold carries the old connection's state, and a reopened connection ends it.
+        assert_eq!(t.time_wait_of(p, remote(80), now), Some(None));
+        let seen = TcpSeen {
+            snd_nxt: 9,
+            ..TcpSeen::default()
+        };
+        t.set_time_wait_state(p, remote(80), seen);
+        assert_eq!(t.time_wait_of(p, remote(80), now), Some(Some(seen)));
+        assert_eq!(
+            t.time_wait_of(p, remote(80), now + Duration::from_secs(60)),
+            None
+        );
+        t.clear_time_wait(p, remote(80));
+        assert_eq!(t.time_wait_of(p, remote(80), now), None);
+        assert_eq!(t.claim(TCP, p, Claim::Connected(remote(80)), 2, now), Ok(p));
+        t.release(
+            TCP,
+            p,
+            Claim::Connected(remote(80)),
+            2,
+            Some((now, Duration::from_secs(60))),
+        );
         t.expire(now + Duration::from_secs(61));
         assert_eq!(
             t.claim(TCP, 0, Claim::Connected(remote(80)), 2, now),

@@ -572,6 +572,22 @@ mod tests {
                 ip: Ipv4Addr::new(10, 0, 0, 9),
             },
             AppRequest::Stats,
+            AppRequest::ListenBacklog {
+                local_ip: None,
+                port: 80,
+                backlog: 16,
+            },
+            AppRequest::Accept(AcceptFlow {
+                listen_port: 80,
+                remote: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40000),
+                qos: Qos::BEST_EFFORT,
+                buffers: Buffers::default(),
+            }),
+            AppRequest::Reject {
+                listen_port: 80,
+                remote: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40001),
+                reset: true,
+            },
         ];
         for req in reqs {
             let bytes = wire::encode(&req).unwrap();
@@ -585,6 +601,30 @@ mod tests {
         let bytes = wire::encode(&reply).unwrap();
         let back: ServerMsg = wire::decode(&bytes[wire::HEADER_BYTES..]).unwrap();
         assert_eq!(back, reply);
+        let ev = ServerMsg::Event(AppEvent::Incoming(Incoming {
+            listen_port: 80,
+            remote: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40000),
+            syn: vec![1, 2, 3],
+            isn_above: Some(7),
+        }));
+        let bytes = wire::encode(&ev).unwrap();
+        assert_eq!(
+            wire::decode::<ServerMsg>(&bytes[wire::HEADER_BYTES..]).unwrap(),
+            ev
+        );
+    }
+
+    #[test]
+    fn older_encodings_still_decode() {
+        // New variants went to the end of their enums: the first ones keep their tags.
+        let old = wire::encode(&AppRequest::Hello { client: "x".into() }).unwrap();
+        assert_eq!(old[wire::HEADER_BYTES], 0, "Hello is still tag 0");
+        let ev = wire::encode(&ServerMsg::Event(AppEvent::Revoked {
+            flow: FlowId(3),
+            reason: String::new(),
+        }))
+        .unwrap();
+        assert_eq!(&ev[wire::HEADER_BYTES..wire::HEADER_BYTES + 2], &[1, 1]);
     }
 
     #[test]
