@@ -1,6 +1,6 @@
 //! The example applications' logic, as library functions over an already-open flow. The binaries
-//! (`udp-blast`, `udp-sink`, `udp-echo`) are thin `main`s over them; [`open_flow`] gets the flow
-//! from the flow manager.
+//! (`udp-blast`, `udp-sink`, `udp-echo`, `udp-ping`) are thin `main`s over them; [`open_flow`]
+//! gets the flow from the flow manager.
 
 use std::net::SocketAddrV4;
 
@@ -13,11 +13,15 @@ use crate::{FlowConfig, UdpFlow};
 
 mod blast;
 mod echo;
+mod ping;
 mod sink;
+mod stats;
 
 pub use blast::{blast, BlastOptions, BlastReport};
 pub use echo::{echo, EchoOptions, EchoReport};
+pub use ping::{fill_payload, ping, PingOptions, PingReport};
 pub use sink::{sink, SinkOptions, SinkReport, Slowdown};
+pub use stats::{parse_stats, stats_text};
 
 /// What an example app asks the flow manager for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,20 +73,18 @@ impl crate::Resolver for FlowManagerResolver {
 /// default) and builds its stack. Unconnected flows resolve destinations through the flow
 /// manager.
 pub fn open_flow(req: &FlowRequest) -> Result<AppFlow, OpenError> {
+    open_flow_with(req, FlowConfig::default())
+}
+
+/// [`open_flow`] with stack settings of the app's choosing (reassembly limits, DF, ...).
+pub fn open_flow_with(req: &FlowRequest, cfg: FlowConfig) -> Result<AppFlow, OpenError> {
     let mut client = Client::connect_default()?;
     let open = OpenFlow {
         qos: req.qos,
         ..OpenFlow::udp(req.local_port, req.remote)
     };
     let f = client.open(&open)?;
-    let mut flow = UdpFlow::attach(
-        f.fib,
-        &f.tx_spec,
-        f.tx,
-        &f.rx_spec,
-        f.rx,
-        FlowConfig::default(),
-    )?;
+    let mut flow = UdpFlow::attach(f.fib, &f.tx_spec, f.tx, &f.rx_spec, f.rx, cfg)?;
     if req.remote.is_none() {
         if let Ok(resolver) = Client::connect_default() {
             flow.set_resolver(Box::new(FlowManagerResolver(resolver)));
