@@ -51,6 +51,8 @@ struct Client {
     stream: UnixStream,
     decoder: Decoder,
     pid: i32,
+    /// Captures this client started: stopped when it leaves.
+    captures: Vec<u32>,
 }
 
 /// The listening control socket and its clients.
@@ -117,8 +119,8 @@ impl ControlServer {
     pub fn poll<P: Port>(&mut self, dp: &mut Datapath<P>, now_ns: u64) -> usize {
         self.accept();
         let mut served = 0;
-        self.clients
-            .retain_mut(|client| match serve(client, dp, now_ns) {
+        self.clients.retain_mut(|client| {
+            let keep = match serve(client, dp, now_ns) {
                 Ok(n) => {
                     served += n;
                     true
@@ -131,7 +133,14 @@ impl ControlServer {
                     tracing::warn!(pid = client.pid, "control client dropped: {e}");
                     false
                 }
-            });
+            };
+            if !keep {
+                for id in client.captures.drain(..) {
+                    dp.capture_stop(id);
+                }
+            }
+            keep
+        });
         served
     }
 
@@ -172,6 +181,7 @@ impl ControlServer {
                 stream,
                 decoder: Decoder::new(INSTALL_FLOW_FDS),
                 pid: creds.pid.as_raw_nonzero().get(),
+                captures: Vec::new(),
             });
         }
     }
@@ -201,7 +211,7 @@ fn serve<P: Port>(
                     return Err(e);
                 }
             };
-            let answer = handle(frame, dp, now_ns);
+            let answer = handle(frame, dp, now_ns, &mut client.captures);
             reply(client, &answer)?;
             served += 1;
         }
@@ -237,18 +247,30 @@ fn flow_error(e: FlowError) -> DriverReply {
         FlowError::Channel(_) | FlowError::FdCount { .. } => Kind::BadChannel,
         FlowError::Sched(nemflow_sched::SchedError::Admission { .. }) => Kind::Admission,
         FlowError::Sched(_) => Kind::Invalid,
+        FlowError::Capture(crate::capture::CaptureError::TooMany) => Kind::Exhausted,
+        FlowError::Capture(crate::capture::CaptureError::Channel(_)) => Kind::BadChannel,
+        FlowError::Capture(_) => Kind::Invalid,
     };
     error(kind, e.to_string())
 }
 
-/// Answers one request.
-fn handle<P: Port>(frame: Frame, dp: &mut Datapath<P>, now_ns: u64) -> DriverReply {
+/// Answers one request; `captures` are the ones this client started.
+fn handle<P: Port>(
+    frame: Frame,
+    dp: &mut Datapath<P>,
+    now_ns: u64,
+    captures: &mut Vec<u32>,
+) -> DriverReply {
     let request: DriverRequest = match frame.decode() {
         Ok(r) => r,
         Err(e) => return error(Kind::Invalid, e.to_string()),
     };
     let fds = frame.fds;
-    if !matches!(request, DriverRequest::InstallFlow { .. }) && !fds.is_empty() {
+    if !matches!(
+        request,
+        DriverRequest::InstallFlow { .. } | DriverRequest::CaptureStart { .. }
+    ) && !fds.is_empty()
+    {
         return error(
             Kind::Invalid,
             format!("{} unexpected fds (closed)", fds.len()),
@@ -285,6 +307,28 @@ fn handle<P: Port>(frame: Frame, dp: &mut Datapath<P>, now_ns: u64) -> DriverRep
         DriverRequest::PortInfo => DriverReply::PortInfo(dp.port_info()),
         DriverRequest::DropLog { after, max } => {
             DriverReply::DropLog(dp.drop_log(after, max.min(MAX_DROP_ENTRIES) as usize))
+        }
+        DriverRequest::CaptureStart {
+            flow,
+            direction,
+            spec,
+        } => match dp.capture_start(flow, direction, &spec, fds) {
+            Ok(id) => {
+                captures.push(id);
+                DriverReply::CaptureStarted { id }
+            }
+            Err(e) => flow_error(e),
+        },
+        DriverRequest::CaptureStats { id } => match dp.capture_stats(id) {
+            Some(c) => DriverReply::Capture(c),
+            None => error(Kind::NotFound, format!("no capture {id}")),
+        },
+        DriverRequest::CaptureStop { id } => {
+            captures.retain(|&c| c != id);
+            match dp.capture_stop(id) {
+                Some(c) => DriverReply::Capture(c),
+                None => error(Kind::NotFound, format!("no capture {id}")),
+            }
         }
     }
 }

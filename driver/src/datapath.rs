@@ -14,6 +14,7 @@ use nemflow_proto::flow::{ip_proto, Filter, FlowId, Qos, Template, TemplateKind}
 use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, IoRec, CHANNEL_FDS};
 use nemflow_sched::{Pick, Scheduler};
 
+use crate::capture::{CaptureError, Captures};
 use crate::classify::{self, Malformed};
 use crate::droplog::DropLog;
 use crate::flowtable::{Dest, FilterError, FlowTable, Slot};
@@ -60,6 +61,9 @@ pub enum FlowError {
     /// The scheduler refused the QoS.
     #[error("scheduler: {0}")]
     Sched(#[from] nemflow_sched::SchedError),
+    /// A capture could not start.
+    #[error("capture: {0}")]
+    Capture(#[from] CaptureError),
     /// Wrong number of fds.
     #[error("expected {expected} fds, got {got}")]
     FdCount {
@@ -101,6 +105,8 @@ struct Flow {
     /// TCP flows only: the sequence state seen in passing (for the flow manager's RST and
     /// TIME_WAIT answers once the app is gone).
     tcp: Option<TcpTrack>,
+    /// A capture wants this flow's frames (the one test per frame a capture costs when off).
+    captured: bool,
 }
 
 /// What one poll did.
@@ -129,6 +135,7 @@ pub struct Datapath<P: Port> {
     unmatched_dropped: u64,
     rx_frames: Vec<P::Frame>,
     staged: Vec<P::Frame>,
+    captures: Captures,
 }
 
 impl<P: Port> Datapath<P> {
@@ -147,6 +154,7 @@ impl<P: Port> Datapath<P> {
             sched,
             malformed: HashMap::default(),
             unmatched_dropped: 0,
+            captures: Captures::new(),
         })
     }
 
@@ -220,6 +228,7 @@ impl<P: Port> Datapath<P> {
             )
             .then(TcpTrack::default),
             template,
+            captured: false,
         });
         self.by_id.insert(id, slot_id);
         tracing::info!(flow = %id, "flow installed");
@@ -234,6 +243,7 @@ impl<P: Port> Datapath<P> {
             self.table.remove(&flow.filter, slot);
         }
         let _ = self.sched.remove_flow(id.0);
+        self.captures.flow_removed(id);
         tracing::info!(flow = %id, "flow removed");
         Ok(stats.unwrap_or_default())
     }
@@ -246,6 +256,51 @@ impl<P: Port> Datapath<P> {
             flow.qos = qos;
         }
         Ok(())
+    }
+
+    /// Starts capturing a flow's frames into a capture channel (see [`crate::capture`]).
+    pub fn capture_start(
+        &mut self,
+        id: FlowId,
+        direction: nemflow_proto::ctl::CaptureDirection,
+        spec: &ChannelSpec,
+        fds: Vec<OwnedFd>,
+    ) -> Result<u32, FlowError> {
+        let slot = *self.by_id.get(&id).ok_or(FlowError::NotFound(id))?;
+        let cap = self.captures.start(id, direction, spec, fds)?;
+        if let Some(flow) = self.flows.get_mut(slot as usize).and_then(Option::as_mut) {
+            flow.captured = true;
+        }
+        Ok(cap)
+    }
+
+    /// Ends a capture; its final counters (`None`: no such capture).
+    pub fn capture_stop(&mut self, cap: u32) -> Option<nemflow_proto::ctl::CaptureCounters> {
+        let flow = self.captures.flow_of(cap)?;
+        let counters = self.captures.stop(cap);
+        let still = self.captures.wants(flow);
+        if let Some(f) = self
+            .by_id
+            .get(&flow)
+            .and_then(|&slot| self.flows.get_mut(slot as usize))
+            .and_then(Option::as_mut)
+        {
+            f.captured = still;
+        }
+        counters
+    }
+
+    /// A capture's counters.
+    pub fn capture_stats(&self, cap: u32) -> Option<nemflow_proto::ctl::CaptureCounters> {
+        self.captures.stats(cap)
+    }
+
+    /// Every flow's QoS, by id (for telemetry).
+    pub fn flow_qos(&self) -> Vec<(FlowId, Qos)> {
+        let mut v: Vec<(FlowId, Qos)> =
+            self.flows.iter().flatten().map(|f| (f.id, f.qos)).collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
     }
 
     /// Statistics of one flow or all.
@@ -394,6 +449,9 @@ impl<P: Port> Datapath<P> {
         let Some(flow) = self.flows.get_mut(slot as usize).and_then(Option::as_mut) else {
             return false;
         };
+        if flow.captured {
+            self.captures.record(flow.id, false, bytes);
+        }
         let buf = match flow.spare.take() {
             Some(rec) => Ok(Some(rec)),
             None => flow.rx.take_empty(),
@@ -555,6 +613,9 @@ impl<P: Port> Datapath<P> {
                 }
                 let wire_len = len.max(MIN_FRAME_BYTES) as u32;
                 let _ = self.sched.charge(id.0, wire_len, now_ns);
+                if flow.captured {
+                    self.captures.record(id, true, frame.bytes());
+                }
                 self.staged.push(frame);
             }
             Ok(None) => {

@@ -4,6 +4,7 @@
 //! [`dpdk`] is the safe layer over DPDK (the only module that calls `dpdk_sys`); [`port`] is the
 //! trait the data path is written against, with the DPDK port and an in-memory port for tests.
 
+pub mod capture;
 pub mod classify;
 pub mod control;
 pub mod datapath;
@@ -15,4 +16,5 @@ pub mod preflight;
 pub mod run;
 pub mod smoke;
 pub mod tap_peer;
+pub mod telemetry;
 pub mod template;

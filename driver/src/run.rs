@@ -11,6 +11,7 @@ use crate::control::ControlServer;
 use crate::datapath::{Datapath, DatapathConfig};
 use crate::dpdk::{Eal, EthPort, Mempool, PortConf};
 use crate::tap_peer::TapPeer;
+use crate::telemetry::{self, Telemetry};
 
 /// Loop rounds between control-socket polls while busy.
 const CONTROL_EVERY: u32 = 64;
@@ -102,6 +103,9 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
         peer = tap_peer.as_ref().map(|p| p.netns().to_owned()),
         "driver ready"
     );
+    let mut telemetry =
+        Telemetry::register(config.link.rate_bps, (config.flowmgr.reserve * 1e6) as u32);
+    telemetry::notify_ready();
 
     let start = Instant::now();
     let mut round: u32 = 0;
@@ -109,6 +113,7 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
     while !stop.load(Ordering::Relaxed) {
         let now_ns = start.elapsed().as_nanos() as u64;
         let work = dp.poll(now_ns);
+        telemetry.tick(&dp, now_ns);
         round = round.wrapping_add(1);
         let busy = work.received > 0 || work.sent > 0;
         let mut served = 0;
@@ -137,6 +142,7 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
         flows = info.flows,
         "driver stopping"
     );
+    drop(telemetry);
     drop(control);
     drop(dp);
     drop(eal);

@@ -348,6 +348,12 @@ fn handle(
             count(state, "drop_log");
             DriverReply::DropLog(Vec::new())
         }
+        DriverRequest::CaptureStart { .. }
+        | DriverRequest::CaptureStats { .. }
+        | DriverRequest::CaptureStop { .. } => DriverReply::Error {
+            kind: ErrorKind::Invalid,
+            message: "the fake driver does not capture".into(),
+        },
     }
 }
 

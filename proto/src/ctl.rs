@@ -61,6 +61,31 @@ pub enum DriverRequest {
         /// Most entries to return.
         max: u32,
     },
+    /// Starts copying a flow's frames into a capture channel whose four fds come with the
+    /// message (an rmm channel: the capturing tool is its consumer and posts the empty
+    /// buffers, the driver fills them). Each captured buffer holds a [`CaptureHeader`] and
+    /// then the frame's first bytes. A frame that finds no empty buffer is counted as a
+    /// capture drop: the data path never waits for the tool. Answered with
+    /// [`DriverReply::CaptureStarted`]. The capture ends with `CaptureStop`, when the flow is
+    /// removed, or when the connection that started it closes.
+    CaptureStart {
+        /// The flow to capture.
+        flow: FlowId,
+        /// Which of its frames.
+        direction: CaptureDirection,
+        /// Geometry of the capture channel (`max_packet_bytes` bounds header + snapshot).
+        spec: ChannelSpec,
+    },
+    /// Counters of a capture; answered with [`DriverReply::Capture`].
+    CaptureStats {
+        /// The capture.
+        id: u32,
+    },
+    /// Ends a capture and unmaps its channel; answered with its final [`DriverReply::Capture`].
+    CaptureStop {
+        /// The capture.
+        id: u32,
+    },
 }
 
 /// The driver's answer.
@@ -83,6 +108,89 @@ pub enum DriverReply {
     PortInfo(PortInfo),
     /// Drop-log entries, oldest first.
     DropLog(Vec<DropEntry>),
+    /// Answer to `CaptureStart`.
+    CaptureStarted {
+        /// The capture's id, for `CaptureStats` and `CaptureStop`.
+        id: u32,
+    },
+    /// A capture's counters.
+    Capture(CaptureCounters),
+}
+
+/// Fds that travel with [`DriverRequest::CaptureStart`].
+pub const CAPTURE_FDS: usize = nemflow_rbuf::CHANNEL_FDS;
+
+/// Which frames of a flow a capture copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CaptureDirection {
+    /// Frames received for the flow (whether or not it had a buffer for them).
+    Rx,
+    /// Frames the flow sent (after the template check).
+    Tx,
+    /// Both.
+    Both,
+}
+
+impl CaptureDirection {
+    /// Whether frames going `tx` (true) or received (false) are captured.
+    pub fn wants(self, tx: bool) -> bool {
+        match self {
+            CaptureDirection::Rx => !tx,
+            CaptureDirection::Tx => tx,
+            CaptureDirection::Both => true,
+        }
+    }
+}
+
+/// A capture's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CaptureCounters {
+    /// The capture.
+    pub id: u32,
+    /// The flow it captures.
+    pub flow: FlowId,
+    /// Frames copied into the capture channel.
+    pub captured: u64,
+    /// Frames not captured: the tool had no empty buffer posted (it fell behind).
+    pub dropped: u64,
+    /// False once the flow is gone (or the channel failed): no more frames will come.
+    pub active: bool,
+}
+
+/// What precedes each frame in a capture buffer: 16 bytes, little endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CaptureHeader {
+    /// When the driver saw the frame, ns since the Unix epoch (`CLOCK_REALTIME`).
+    pub time_ns: u64,
+    /// The frame's length on the wire (the buffer may hold fewer bytes: the snapshot).
+    pub orig_len: u32,
+    /// True for a frame the flow sent, false for one it received.
+    pub tx: bool,
+}
+
+impl CaptureHeader {
+    /// Encoded size.
+    pub const BYTES: usize = 16;
+
+    /// The header as bytes.
+    pub fn encode(&self) -> [u8; Self::BYTES] {
+        let mut b = [0u8; Self::BYTES];
+        b[..8].copy_from_slice(&self.time_ns.to_le_bytes());
+        b[8..12].copy_from_slice(&self.orig_len.to_le_bytes());
+        b[12] = u8::from(self.tx);
+        b
+    }
+
+    /// Reads a header from the front of `b` (`None` if it is too short).
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let time_ns = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+        let orig_len = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?);
+        Some(Self {
+            time_ns,
+            orig_len,
+            tx: *b.get(12)? != 0,
+        })
+    }
 }
 
 /// Kinds of failure a request can meet.
