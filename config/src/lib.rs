@@ -280,6 +280,10 @@ pub struct FlowMgr {
     pub icmp_errors_burst: u32,
     /// ICMP echo replies per second at most.
     pub echo_replies_per_sec: u32,
+    /// Where the flow manager serves Prometheus metrics (`GET /metrics`), e.g.
+    /// `127.0.0.1:9464`; a loopback address only (the endpoint has no authentication). Absent:
+    /// no endpoint.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for FlowMgr {
@@ -306,6 +310,7 @@ impl Default for FlowMgr {
             icmp_errors_per_sec: 100,
             icmp_errors_burst: 50,
             echo_replies_per_sec: 1_000,
+            metrics: None,
         }
     }
 }
@@ -505,6 +510,16 @@ impl Config {
                 "rates must be > 0 (use a small rate to quieten the host)".into(),
             ));
         }
+        if let Some(addr) = fm.metrics {
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "flowmgr.metrics",
+                    format!(
+                        "{addr}: the metrics endpoint has no authentication: use a loopback address (127.0.0.1:PORT or [::1]:PORT)"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -651,6 +666,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("flowmgr.arp_retries"), "{err}");
+    }
+
+    #[test]
+    fn metrics_endpoint_is_loopback_only() {
+        let c = parse("port:\n  vdev: net_null0\nflowmgr:\n  metrics: 127.0.0.1:9464\n").unwrap();
+        assert_eq!(c.flowmgr.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(parse("port:\n  vdev: net_null0\n")
+            .unwrap()
+            .flowmgr
+            .metrics
+            .is_none());
+        let err = parse("port:\n  vdev: net_null0\nflowmgr:\n  metrics: 0.0.0.0:9464\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("flowmgr.metrics") && err.contains("loopback"),
+            "{err}"
+        );
+        let err = parse("port:\n  vdev: net_null0\nflowmgr:\n  metrics: localhost\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("t.yaml:4:"), "{err}");
     }
 
     #[test]
