@@ -11,6 +11,8 @@ use clap::Parser;
 use nemflow_config::Config;
 use nemflow_flowmgr::daemon::{bind_app_socket, Daemon};
 use nemflow_flowmgr::driver::SocketDriver;
+use nemflow_flowmgr::logging::{self, LogFormat};
+use nemflow_flowmgr::metrics::MetricsServer;
 
 /// The nemflow flow manager: sets flows up for applications and tears them down, owns the
 /// host's ports, routes and ARP cache, and answers ARP, ICMP echo, unmatched UDP (ICMP port
@@ -32,17 +34,16 @@ struct Args {
     /// (0 when valid, 1 with one line saying what is wrong).
     #[arg(long)]
     check_config: bool,
+
+    /// Log format on stderr: `text` for people, `json` (one object per line) for collectors.
+    /// The level comes from RUST_LOG (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init(args.log_format);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(line) => {
@@ -57,7 +58,7 @@ fn run(args: &Args) -> Result<(), String> {
     let fm = &config.flowmgr;
     if args.check_config {
         println!(
-            "{}: ok: host {} gateway {} routes {}; app socket {} (mode {:o}); driver {}; ephemeral ports {}-{}; reserve {}",
+            "{}: ok: host {} gateway {} routes {}; app socket {} (mode {:o}); driver {}; ephemeral ports {}-{}; reserve {}; metrics {}",
             args.config.display(),
             config.host.ip,
             config.host.gateway.map_or("none".into(), |g| g.to_string()),
@@ -68,12 +69,25 @@ fn run(args: &Args) -> Result<(), String> {
             fm.ephemeral_ports[0],
             fm.ephemeral_ports[1],
             fm.reserve,
+            fm.metrics.map_or("off".into(), |a| format!("http://{a}/metrics")),
         );
         return Ok(());
     }
     let listener = bind_app_socket(&fm.socket, fm.socket_mode).map_err(|e| e.to_string())?;
     let cleanup = || {
         let _ = std::fs::remove_file(&fm.socket);
+    };
+    // Bound before the daemon starts (a taken port is one clear line, with nothing installed
+    // yet); it asks the daemon over the daemon's own socket, once the loop runs.
+    let _metrics = match fm.metrics {
+        Some(addr) => match MetricsServer::spawn(addr, fm.socket.clone()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                cleanup();
+                return Err(format!("metrics endpoint {addr}: {e}"));
+            }
+        },
+        None => None,
     };
     let driver = match SocketDriver::connect(
         &config.driver.control_socket,
@@ -102,5 +116,6 @@ fn run(args: &Args) -> Result<(), String> {
             .map_err(|e| format!("signal handler: {e}"))?;
     }
     daemon.set_stop_fd(stop_rx.into());
+    nemflow_flowmgr::service::notify_ready();
     daemon.run().map_err(|e| e.to_string())
 }
