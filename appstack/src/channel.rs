@@ -82,20 +82,21 @@ impl FlowChannels {
 
     /// Pushes waiting frames; `Ok(true)` when none is left.
     pub fn flush(&mut self) -> Result<bool> {
-        while !self.pending.is_empty() {
-            let (a, b) = self.pending.as_slices();
-            let batch = if a.is_empty() { b } else { a };
-            let n = self.tx.push_batch(batch)?;
-            if n == 0 {
-                self.counters.tx_fifo_full += 1;
-                return Ok(false);
-            }
-            for rec in self.pending.drain(..n) {
-                self.counters.tx_frames += 1;
-                self.counters.tx_bytes += rec.total_len();
-            }
-        }
-        Ok(true)
+        self.halves().0.flush()
+    }
+
+    /// The transmit and receive sides borrowed apart (the TCP device hands smoltcp a receive
+    /// token and a transmit token at once).
+    pub(crate) fn halves(&mut self) -> (TxHalf<'_>, &mut rmm::Consumer) {
+        (
+            TxHalf {
+                tx: &mut self.tx,
+                pending: &mut self.pending,
+                counters: &mut self.counters,
+                max_frame: self.max_frame,
+            },
+            &mut self.rx,
+        )
     }
 
     /// Blocks until a frame may be waiting on the RX channel, or `timeout` (`Err(TimedOut)`).
@@ -150,6 +151,70 @@ impl FlowChannels {
     /// The RX endpoint's own counters (rbuf's view).
     pub fn rx_channel_counters(&self) -> nemflow_rbuf::Counters {
         self.rx.counters()
+    }
+}
+
+/// The transmit side of a flow's channels: allocate a buffer, fill it, push it (frames that
+/// find the FIFO full wait in order in `pending`).
+#[derive(Debug)]
+pub(crate) struct TxHalf<'a> {
+    tx: &'a mut tmm::Producer,
+    pending: &'a mut VecDeque<IoRec>,
+    counters: &'a mut ChannelCounters,
+    max_frame: usize,
+}
+
+impl TxHalf<'_> {
+    /// Pushes waiting frames; `Ok(true)` when none is left.
+    pub(crate) fn flush(&mut self) -> Result<bool> {
+        while !self.pending.is_empty() {
+            let (a, b) = self.pending.as_slices();
+            let batch = if a.is_empty() { b } else { a };
+            let n = self.tx.push_batch(batch)?;
+            if n == 0 {
+                self.counters.tx_fifo_full += 1;
+                return Ok(false);
+            }
+            for rec in self.pending.drain(..n) {
+                self.counters.tx_frames += 1;
+                self.counters.tx_bytes += rec.total_len();
+            }
+        }
+        Ok(true)
+    }
+
+    /// Frames waiting for room on the FIFO.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A buffer for a frame of `len` bytes, if one is free (or comes back) now.
+    pub(crate) fn alloc(&mut self, len: usize) -> Result<Option<Extent>> {
+        if len > self.max_frame {
+            return Err(Error::TooLong {
+                len,
+                max: self.max_frame,
+            });
+        }
+        Ok(self.tx.alloc(len)?)
+    }
+
+    /// The writable bytes of an allocated buffer.
+    pub(crate) fn buf_mut(&mut self, extent: Extent) -> Result<&mut [u8]> {
+        Ok(self.tx.buf_mut(extent)?)
+    }
+
+    /// Hands a filled buffer to the driver (after any frames still waiting).
+    pub(crate) fn push(&mut self, extent: Extent) -> Result<()> {
+        self.pending.push_back(IoRec::single(extent, 0));
+        self.flush()?;
+        Ok(())
+    }
+
+    /// Buffers in all, and free now (after taking back what the driver returned).
+    pub(crate) fn buffers(&mut self) -> Result<(usize, usize)> {
+        self.tx.reclaim()?;
+        Ok(self.tx.buffers())
     }
 }
 

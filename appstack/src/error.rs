@@ -92,6 +92,33 @@ pub enum Error {
     /// The FIB or the channel specs cannot make a working flow.
     #[error("invalid flow set-up: {0}")]
     InvalidSetup(String),
+    /// The flow manager refused the request or could not be reached.
+    #[error("flow manager: {0}")]
+    FlowManager(#[from] nemflow_flowmgr::client::ClientError),
+    /// TCP: the peer refused the connection (RST in answer to our SYN).
+    #[error("connection to {peer} refused")]
+    Refused {
+        /// The peer.
+        peer: SocketAddrV4,
+    },
+    /// TCP: the peer reset the connection (or it was aborted: user timeout, keep-alive).
+    #[error("connection with {peer} reset")]
+    Reset {
+        /// The peer.
+        peer: SocketAddrV4,
+    },
+    /// TCP: the connection is closed for sending (after `shutdown`/`close`, or closed by both).
+    #[error("connection closed")]
+    Closed,
+    /// A system call failed (the readiness fds: epoll, timerfd).
+    #[error("{op}: {source}")]
+    Os {
+        /// What was being done.
+        op: &'static str,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
     /// A write to a [`crate::TxBuf`] fell outside its payload.
     #[error("write of {len} bytes at {offset} is outside the {payload}-byte payload")]
     OutOfRange {
@@ -108,7 +135,11 @@ impl Error {
     /// The closest [`io::ErrorKind`], for apps that speak `std::io`.
     pub fn kind(&self) -> io::ErrorKind {
         match self {
-            Error::Channel(_) => io::ErrorKind::BrokenPipe,
+            Error::Channel(_) | Error::Closed => io::ErrorKind::BrokenPipe,
+            Error::FlowManager(e) => io::Error::from_raw_os_error(e.errno()).kind(),
+            Error::Refused { .. } => io::ErrorKind::ConnectionRefused,
+            Error::Reset { .. } => io::ErrorKind::ConnectionReset,
+            Error::Os { source, .. } => source.kind(),
             Error::WouldBlock => io::ErrorKind::WouldBlock,
             Error::TimedOut => io::ErrorKind::TimedOut,
             Error::TooLong { .. } | Error::MessageTooLong { .. } => io::ErrorKind::InvalidInput,

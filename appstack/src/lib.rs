@@ -39,6 +39,7 @@ pub mod layer;
 pub mod neighbour;
 mod raw;
 pub mod reasm;
+pub mod tcp;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod udp;
@@ -54,4 +55,5 @@ pub use layer::Layer;
 pub use neighbour::{NeighbourCache, Resolver};
 pub use raw::{RawFlow, RawFrame, RawTxBuf};
 pub use reasm::ReassemblyLimits;
+pub use tcp::{FlowManager, TcpConfig, TcpListener, TcpStream};
 pub use udp::MAX_UDP_PAYLOAD;
