@@ -34,6 +34,7 @@
 //! next timer). [`FlowManager`] is the shared connection to the flow manager: a connection's
 //! flow lives as long as the connection that opened it.
 
+pub mod apps;
 mod device;
 mod isn;
 mod listener;
@@ -49,7 +50,7 @@ use nemflow_proto::app::Buffers;
 use nemflow_proto::Qos;
 
 pub use device::DeviceCounters;
-pub use listener::TcpListener;
+pub use listener::{ListenerCounters, TcpListener};
 pub use stream::{TcpCounters, TcpStream};
 
 /// smoltcp's congestion controllers.
