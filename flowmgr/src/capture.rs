@@ -97,6 +97,10 @@ pub fn run(
     let mut link =
         SocketDriver::connect(driver_socket, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let chan = nemflow_rbuf::create(&spec).map_err(|e| e.to_string())?;
+    // Buffers posted before the driver starts filling them: no frame is lost to a late start.
+    let ro = chan.with_read_only_data().map_err(|e| e.to_string())?;
+    let mut rx = rmm::Consumer::attach(&spec, ro).map_err(|e| e.to_string())?;
+    rx.post_free().map_err(|e| e.to_string())?;
     let req = DriverRequest::CaptureStart {
         flow: opts.flow,
         direction: opts.direction,
@@ -107,10 +111,7 @@ pub fn run(
         DriverReply::Error { message, .. } => return Err(format!("driver: {message}")),
         other => return Err(format!("driver: unexpected reply {other:?}")),
     };
-    let ro = chan.with_read_only_data().map_err(|e| e.to_string())?;
     drop(chan);
-    let mut rx = rmm::Consumer::attach(&spec, ro).map_err(|e| e.to_string())?;
-    rx.post_free().map_err(|e| e.to_string())?;
     started(id);
 
     let mut summary = CaptureSummary::default();

@@ -64,6 +64,30 @@ struct ReportCollector(Arc<Mutex<State>>);
 
 type Labels = Vec<(Cow<'static, str>, String)>;
 
+/// One metric family: a descriptor, then one sample per label set (no braces when unlabeled).
+fn family<M: EncodeMetric, V: Copy>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    series: &[(Labels, V)],
+    make: fn(V) -> M,
+) -> Result<(), std::fmt::Error> {
+    let Some((_, first)) = series.first() else {
+        return Ok(());
+    };
+    let mut m = enc.encode_descriptor(name, help, unit.as_ref(), make(*first).metric_type())?;
+    match series {
+        [(labels, v)] if labels.is_empty() => make(*v).encode(m),
+        _ => {
+            for (labels, v) in series {
+                make(*v).encode(m.encode_family(labels)?)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -71,12 +95,7 @@ fn counter(
     unit: Option<Unit>,
     series: &[(Labels, u64)],
 ) -> Result<(), std::fmt::Error> {
-    let c = ConstCounter::new(0u64);
-    let mut m = enc.encode_descriptor(name, help, unit.as_ref(), c.metric_type())?;
-    for (labels, v) in series {
-        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
+    family(enc, name, help, unit, series, ConstCounter::new)
 }
 
 fn counter_f(
@@ -86,12 +105,7 @@ fn counter_f(
     unit: Option<Unit>,
     series: &[(Labels, f64)],
 ) -> Result<(), std::fmt::Error> {
-    let c = ConstCounter::new(0f64);
-    let mut m = enc.encode_descriptor(name, help, unit.as_ref(), c.metric_type())?;
-    for (labels, v) in series {
-        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
+    family(enc, name, help, unit, series, ConstCounter::new)
 }
 
 fn gauge(
@@ -101,12 +115,7 @@ fn gauge(
     unit: Option<Unit>,
     series: &[(Labels, f64)],
 ) -> Result<(), std::fmt::Error> {
-    let g = ConstGauge::new(0f64);
-    let mut m = enc.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?;
-    for (labels, v) in series {
-        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
+    family(enc, name, help, unit, series, ConstGauge::new)
 }
 
 /// Nanoseconds as seconds.
@@ -387,7 +396,7 @@ fn encode_report(enc: &mut DescriptorEncoder, r: &StatsReport) -> Result<(), std
         enc,
         "flow_reserved",
         "Share of the link guaranteed to the flow (slice / period)",
-        Some(Unit::Ratios),
+        Some(Unit::Other("ratio".into())),
         |f, _| f.qos.share(),
     )?;
     g(

@@ -98,7 +98,7 @@ enum Cmd {
         #[arg(short = 'c', value_name = "COUNT")]
         count: Option<u64>,
         /// Bytes kept of each frame (like tcpdump -s).
-        #[arg(short = 's', long, default_value_t = nemflow_flowmgr::capture::SNAP_BYTES)]
+        #[arg(long, default_value_t = nemflow_flowmgr::capture::SNAP_BYTES)]
         snaplen: u32,
         /// The driver's control socket (default: driver.control_socket of --config).
         #[arg(long)]
@@ -353,4 +353,14 @@ fn run(args: Args) -> Result<(), String> {
     };
     print!("{text}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Args::command().debug_assert();
+    }
 }
