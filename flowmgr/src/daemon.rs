@@ -1014,6 +1014,11 @@ impl<D: DriverLink> Daemon<D> {
             Ok((rep, fds)) => (ServerMsg::Reply(rep), fds),
             Err(e) => {
                 self.counters.requests_refused += 1;
+                let who = self
+                    .clients
+                    .get(&cid)
+                    .map(|c| (c.uid, c.pid, c.comm.as_str()));
+                crate::logging::refused(cid, who, &e);
                 (ServerMsg::Reply(AppReply::Error(e)), Vec::new())
             }
         };

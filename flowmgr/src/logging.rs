@@ -4,7 +4,10 @@
 //! conflicting ARP reply) is logged at most once per interval with a count of the ones held back —
 //! never once per packet or per request.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use nemflow_proto::app::{AppError, AppErrorKind};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -61,6 +64,38 @@ impl EventLimiter {
                 Some(std::mem::take(&mut self.held))
             }
         }
+    }
+}
+
+/// Refusals an application can provoke at will (admission, policy, quotas): one line per
+/// second at most, across all clients.
+static REFUSALS: Mutex<EventLimiter> = Mutex::new(EventLimiter::new(Duration::from_secs(1)));
+
+/// Logs a refused request, rate-limited, when it is one an operator wants to see: admission
+/// control, policy, or a quota. `who` is the client's uid, pid and command name.
+pub fn refused(client: u64, who: Option<(u32, i32, &str)>, e: &AppError) {
+    if !matches!(
+        e.kind,
+        AppErrorKind::Admission | AppErrorKind::PermissionDenied | AppErrorKind::NoBufferSpace
+    ) {
+        return;
+    }
+    let allowed = REFUSALS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .allow(Instant::now());
+    if let Some(held_back) = allowed {
+        let (uid, pid, app) = who.unwrap_or((u32::MAX, 0, "?"));
+        tracing::warn!(
+            client,
+            uid,
+            pid,
+            app,
+            kind = ?e.kind,
+            held_back,
+            "request refused: {}",
+            e.message
+        );
     }
 }
 
