@@ -170,13 +170,32 @@ counters! {
     }
 }
 
-/// A listening port: who listens, and the connection requests waiting for its answer.
+/// A listening port: who listens, the connection requests waiting for its answer, and the
+/// port's own flow in the driver.
 #[derive(Debug)]
 struct Listener {
     owner: u64,
     backlog: u32,
     pending: BTreeMap<SocketAddrV4, PendingSyn>,
+    /// The port's flow (3-tuple filter): every segment to the port that no connection's
+    /// 5-tuple takes — SYNs above all — lands here instead of on the host flow. It is read
+    /// only while the backlog has room, so a SYN flood fills this flow's channel and the
+    /// driver drops the rest, counted on this flow: the flood costs the driver a lookup per
+    /// frame, and neither the flow manager nor any other service anything (the Nemesis
+    /// paper's discard pattern, §3.2). `None` if the driver refused it: SYNs then come by the
+    /// host flow.
+    flow: Option<ListenFlow>,
 }
+
+/// A listening port's flow: the receive side the flow manager reads.
+#[derive(Debug)]
+struct ListenFlow {
+    id: FlowId,
+    rx: rmm::Consumer,
+}
+
+/// Channel geometry of a listening port's flow: up to this many segments wait in it.
+const LISTEN_FLOW_SLOTS: u32 = 64;
 
 /// A SYN called back, waiting for `Accept` or `Reject`.
 #[derive(Debug)]
@@ -694,6 +713,23 @@ impl<D: DriverLink> Daemon<D> {
             Ok(r) => r,
             Err(e) => return Err(RunError::HostFlow(e.to_string())),
         };
+        // Listening ports' flows, read only while their backlog has room.
+        let mut listen_armed: Vec<u16> = Vec::new();
+        let mut listen_ready = false;
+        for (&port, l) in &mut self.listeners {
+            if l.pending.len() >= l.backlog as usize {
+                continue;
+            }
+            if let Some(f) = &mut l.flow {
+                match f.rx.prepare_wait() {
+                    Ok(r) => {
+                        listen_ready |= r;
+                        listen_armed.push(port);
+                    }
+                    Err(e) => tracing::warn!(port, error = %e, "listening port's flow failed"),
+                }
+            }
+        }
         let mut deadline: Option<Instant> = None;
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
@@ -713,7 +749,7 @@ impl<D: DriverLink> Daemon<D> {
         for c in self.clients.values() {
             consider(c.msg_started.map(|t| t + self.set.client_timeout));
         }
-        let timeout = if host_ready {
+        let timeout = if host_ready || listen_ready {
             Duration::ZERO
         } else {
             deadline
@@ -728,13 +764,20 @@ impl<D: DriverLink> Daemon<D> {
         };
 
         let mut ids = Vec::with_capacity(self.clients.len());
-        let (revents, stop, listen, host_ev) = {
-            let mut pfds = Vec::with_capacity(self.clients.len() + 3);
+        let (revents, stop, listen, host_ev, listen_ev) = {
+            let mut pfds = Vec::with_capacity(self.clients.len() + listen_armed.len() + 3);
             pfds.push(PollFd::new(&self.listener, PollFlags::IN));
             pfds.push(PollFd::new(&self.host_flow.rx, PollFlags::IN));
             if let Some(s) = &self.stop {
                 pfds.push(PollFd::new(s, PollFlags::IN));
             }
+            let stop_at = pfds.len() - 1;
+            for port in &listen_armed {
+                if let Some(f) = self.listeners.get(port).and_then(|l| l.flow.as_ref()) {
+                    pfds.push(PollFd::new(&f.rx, PollFlags::IN));
+                }
+            }
+            let listens_end = pfds.len();
             let base = pfds.len();
             for (&id, c) in &self.clients {
                 let mut f = PollFlags::empty();
@@ -753,17 +796,30 @@ impl<D: DriverLink> Daemon<D> {
             }
             let listen = pfds[0].revents();
             let host_ev = pfds[1].revents();
-            let stop = base == 3 && !pfds[2].revents().is_empty();
+            let stop = stop_at == 2 && !pfds[2].revents().is_empty();
+            let listen_ev = pfds[stop_at + 1..listens_end]
+                .iter()
+                .any(|p| !p.revents().is_empty());
             let rev: Vec<PollFlags> = pfds[base..].iter().map(|p| p.revents()).collect();
-            (rev, stop, listen, host_ev)
+            (rev, stop, listen, host_ev, listen_ev)
         };
         self.host_flow.rx.finish_wait();
+        for port in &listen_armed {
+            if let Some(f) = self.listeners.get_mut(port).and_then(|l| l.flow.as_mut()) {
+                f.rx.finish_wait();
+            }
+        }
         if stop {
             return Ok(true);
         }
         let now = Instant::now();
         if !host_ev.is_empty() || host_ready {
             self.on_host_frames(now)?;
+        }
+        if listen_ev || listen_ready {
+            for port in listen_armed {
+                self.on_listen_frames(port, now);
+            }
         }
         if !listen.is_empty() {
             self.accept(now);
@@ -1090,7 +1146,7 @@ impl<D: DriverLink> Daemon<D> {
         for port in &c.listens {
             self.ports
                 .release(ip_proto::TCP, *port, Claim::Listen, cid, None);
-            self.listeners.remove(port);
+            self.drop_listener(*port, driver_ok);
         }
         tracing::debug!(
             client = cid,
@@ -1188,6 +1244,133 @@ impl<D: DriverLink> Daemon<D> {
                 self.counters.tcp_resets_on_close += 1;
                 tracing::debug!(port, %remote, "connection left open: reset");
             }
+        }
+    }
+
+    /// Installs a listening port's own flow (see [`Listener::flow`]); `None` (and a warning)
+    /// if that fails: SYNs then reach the flow manager through its host flow.
+    fn listen_flow(&mut self, port: u16) -> Option<ListenFlow> {
+        let spec = ChannelSpec {
+            data_bytes: (u64::from(LISTEN_FLOW_SLOTS) * u64::from(self.set.max_frame_bytes))
+                .div_ceil(PAGE_BYTES)
+                * PAGE_BYTES,
+            slots: LISTEN_FLOW_SLOTS,
+            max_packet_bytes: self.set.max_frame_bytes,
+            hugetlb: false,
+        };
+        let id = self.alloc_flow_id();
+        let result = (|| -> Result<ListenFlow, String> {
+            let tx = nemflow_rbuf::create(&spec).map_err(|e| e.to_string())?;
+            let rx = nemflow_rbuf::create(&spec).map_err(|e| e.to_string())?;
+            self.admission
+                .add_flow(id.0, to_sched(&Qos::BEST_EFFORT), 0)
+                .map_err(|e| e.to_string())?;
+            let local = SocketAddrV4::new(self.routes.ip(), port);
+            let req = DriverRequest::InstallFlow {
+                id,
+                filter: Filter::Bound {
+                    proto: ip_proto::TCP,
+                    local,
+                    broadcast: false,
+                },
+                template: Template {
+                    src_mac: self.mac,
+                    kind: TemplateKind::Ipv4 {
+                        src: *local.ip(),
+                        proto: ip_proto::TCP,
+                        src_port: port,
+                        dst: None,
+                    },
+                },
+                qos: Qos::BEST_EFFORT,
+                tx: spec,
+                rx: spec,
+            };
+            let fds: Vec<BorrowedFd<'_>> = tx.as_fds().into_iter().chain(rx.as_fds()).collect();
+            let reply = self.driver.call(&req, &fds);
+            drop(fds);
+            match reply {
+                Ok(DriverReply::Ok) => {}
+                Ok(DriverReply::Error { message, .. }) => {
+                    let _ = self.admission.remove_flow(id.0);
+                    return Err(message);
+                }
+                Ok(_) => {
+                    let _ = self.admission.remove_flow(id.0);
+                    return Err("unexpected driver reply".into());
+                }
+                Err(e) => {
+                    let _ = self.admission.remove_flow(id.0);
+                    self.fatal = Some(e.to_string());
+                    return Err(e.to_string());
+                }
+            }
+            let ro = rx.with_read_only_data().map_err(|e| e.to_string())?;
+            drop(rx);
+            let mut consumer = rmm::Consumer::attach(&spec, ro).map_err(|e| e.to_string())?;
+            consumer.post_free().map_err(|e| e.to_string())?;
+            Ok(ListenFlow { id, rx: consumer })
+        })();
+        match result {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(port, error = %e, "no flow of its own for the listening port: SYNs come by the host flow");
+                None
+            }
+        }
+    }
+
+    /// Ends a listen registration: its waiting requests go, its flow leaves the driver.
+    fn drop_listener(&mut self, port: u16, driver_ok: bool) {
+        let Some(l) = self.listeners.remove(&port) else {
+            return;
+        };
+        if let Some(f) = l.flow {
+            if driver_ok && self.fatal.is_none() {
+                if let Err(e) = self
+                    .driver
+                    .call(&DriverRequest::RemoveFlow { id: f.id }, &[])
+                {
+                    self.fatal = Some(e.to_string());
+                }
+            }
+            let _ = self.admission.remove_flow(f.id.0);
+        }
+    }
+
+    /// Reads a listening port's flow while its backlog has room: SYNs become call-backs, other
+    /// segments get the host's answers (TIME_WAIT, RST).
+    fn on_listen_frames(&mut self, port: u16, now: Instant) {
+        let mut frames = Vec::new();
+        {
+            let Some(l) = self.listeners.get_mut(&port) else {
+                return;
+            };
+            let room = (l.backlog as usize).saturating_sub(l.pending.len());
+            let Some(f) = l.flow.as_mut() else { return };
+            // A few more than the room: stray segments and duplicates take no place.
+            for _ in 0..(room + 8).min(FRAMES_PER_TURN) {
+                match f.rx.pop() {
+                    Ok(Some(pkt)) => {
+                        let n = f.rx.copy_out(&pkt, &mut self.host_flow.buf).unwrap_or(0);
+                        frames.push(self.host_flow.buf[..n].to_vec());
+                        if f.rx.repost(pkt).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(nemflow_rbuf::Error::InvalidIoRec(_)) => {
+                        self.counters.host_rx_invalid += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(port, error = %e, "listening port's flow failed");
+                        break;
+                    }
+                }
+            }
+        }
+        for f in frames {
+            self.on_unmatched(&f, now);
         }
     }
 
@@ -1357,7 +1540,7 @@ impl<D: DriverLink> Daemon<D> {
                 }
                 self.ports
                     .release(ip_proto::TCP, port, Claim::Listen, who.cid, None);
-                self.listeners.remove(&port);
+                self.drop_listener(port, true);
                 plain(Ok(AppReply::Ok))
             }
             AppRequest::ListFlows => plain(Ok(AppReply::Flows(self.listing(who, true, now)))),
@@ -1773,12 +1956,14 @@ impl<D: DriverLink> Daemon<D> {
         if let Some(c) = self.clients.get_mut(&who.cid) {
             c.listens.insert(port);
         }
+        let flow = self.listen_flow(port);
         self.listeners.insert(
             port,
             Listener {
                 owner: who.cid,
                 backlog: backlog.clamp(1, MAX_BACKLOG),
                 pending: BTreeMap::new(),
+                flow,
             },
         );
         Ok(AppReply::Listening { port })
@@ -1899,19 +2084,24 @@ impl<D: DriverLink> Daemon<D> {
             }
         }
         for f in frames {
-            let ports = &self.ports;
-            let listeners = &self.listeners;
-            let lookup = |port: u16, remote: SocketAddrV4| TcpLookup {
-                listening: listeners.contains_key(&port),
-                time_wait: ports.time_wait_of(port, remote, now),
-            };
-            match self.host.on_frame(now, &f, lookup, &mut self.tx) {
-                Some(News::Arp(n)) => self.on_arp_news(n, now),
-                Some(News::Syn(syn)) => self.on_syn(syn, now),
-                None => {}
-            }
+            self.on_unmatched(&f, now);
         }
         Ok(())
+    }
+
+    /// A frame no connection took (from the host flow or a listening port's flow).
+    fn on_unmatched(&mut self, f: &[u8], now: Instant) {
+        let ports = &self.ports;
+        let listeners = &self.listeners;
+        let lookup = |port: u16, remote: SocketAddrV4| TcpLookup {
+            listening: listeners.contains_key(&port),
+            time_wait: ports.time_wait_of(port, remote, now),
+        };
+        match self.host.on_frame(now, f, lookup, &mut self.tx) {
+            Some(News::Arp(n)) => self.on_arp_news(n, now),
+            Some(News::Syn(syn)) => self.on_syn(syn, now),
+            None => {}
+        }
     }
 
     /// Sends what the host queued on its own flow.
@@ -1992,8 +2182,13 @@ impl<D: DriverLink> Daemon<D> {
                 continue;
             }
             for &port in &c.listens {
+                let id = self
+                    .listeners
+                    .get(&port)
+                    .and_then(|l| l.flow.as_ref())
+                    .map_or(FlowId(0), |f| f.id);
                 v.push(FlowInfo {
-                    id: FlowId(0),
+                    id,
                     kind: FlowKind::Listen,
                     transport: Transport::Tcp,
                     local: SocketAddrV4::new(self.routes.ip(), port),
@@ -2052,7 +2247,10 @@ impl<D: DriverLink> Daemon<D> {
         let flows = self
             .listing(who, false, now)
             .into_iter()
-            .filter(|f| matches!(f.kind, FlowKind::Flow | FlowKind::Host))
+            .filter(|f| {
+                matches!(f.kind, FlowKind::Flow | FlowKind::Host)
+                    || (f.kind == FlowKind::Listen && f.id != FlowId(0))
+            })
             .map(|f| {
                 let s = by_id.get(&f.id).cloned().unwrap_or(FlowStats {
                     id: f.id,

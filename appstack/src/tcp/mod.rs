@@ -87,7 +87,7 @@ impl Default for TcpConfig {
     fn default() -> Self {
         TcpConfig {
             rx_buffer: 512 << 10,
-            tx_buffer: 512 << 10,
+            tx_buffer: 1 << 20,
             nodelay: true,
             congestion: CongestionControl::Cubic,
             keep_alive: None,
@@ -96,8 +96,8 @@ impl Default for TcpConfig {
             linger: Duration::from_secs(2),
             qos: Qos::BEST_EFFORT,
             buffers: Buffers {
-                tx_bytes: 1 << 20,
-                tx_slots: 512,
+                tx_bytes: 2 << 20,
+                tx_slots: 1024,
                 rx_bytes: 1 << 20,
                 rx_slots: 512,
             },
