@@ -216,6 +216,9 @@ pub struct Driver {
     pub idle: IdleMode,
     /// In adaptive mode, the longest sleep when idle, in microseconds (bounds wake-up latency).
     pub max_sleep_us: u32,
+    /// In adaptive mode, how long the loop spins without work before it starts sleeping, in
+    /// microseconds (a burst's next frame usually comes sooner).
+    pub spin_us: u32,
     /// Frames per receive/transmit burst.
     pub burst: u16,
     /// Entries kept in the drop log.
@@ -228,6 +231,7 @@ impl Default for Driver {
             control_socket: PathBuf::from("/run/nemflow/driver.sock"),
             idle: IdleMode::Adaptive,
             max_sleep_us: 100,
+            spin_us: 20,
             burst: 32,
             drop_log_entries: 4096,
         }

@@ -15,8 +15,6 @@ use crate::telemetry::{self, Telemetry};
 
 /// Loop rounds between control-socket polls while busy.
 const CONTROL_EVERY: u32 = 64;
-/// Idle rounds spun before the adaptive mode starts sleeping.
-const SPIN_ROUNDS: u32 = 200;
 
 /// Anything that stops the driver.
 #[derive(Debug, thiserror::Error)]
@@ -107,9 +105,11 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
         Telemetry::register(config.link.rate_bps, (config.flowmgr.reserve * 1e6) as u32);
     telemetry::notify_ready();
 
+    let spin = Duration::from_micros(u64::from(config.driver.spin_us));
     let start = Instant::now();
     let mut round: u32 = 0;
-    let mut idle_rounds: u32 = 0;
+    // When the loop last did work (adaptive mode spins `spin` past it, then sleeps).
+    let mut last_work = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let now_ns = start.elapsed().as_nanos() as u64;
         let work = dp.poll(now_ns);
@@ -121,11 +121,10 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
             served = control.poll(&mut dp, now_ns);
         }
         if busy || served > 0 {
-            idle_rounds = 0;
+            last_work = Instant::now();
             continue;
         }
-        idle_rounds = idle_rounds.saturating_add(1);
-        if config.driver.idle == IdleMode::Adaptive && idle_rounds > SPIN_ROUNDS {
+        if config.driver.idle == IdleMode::Adaptive && last_work.elapsed() >= spin {
             let mut nap = max_sleep;
             if let Some(t) = work.wait_until_ns {
                 nap = nap.min(Duration::from_nanos(t.saturating_sub(now_ns)));

@@ -135,6 +135,21 @@ impl Definition {
         self
     }
 
+    /// The same experiment lasting `duration_s`: start times and slowdown schedules keep their
+    /// place in the run, the warm-up stays at most a quarter of it.
+    pub fn with_duration(mut self, duration_s: f64) -> Self {
+        let scale = duration_s / self.duration_s;
+        for s in &mut self.senders {
+            s.start_s *= scale;
+        }
+        for r in &mut self.receivers {
+            r.slowdown_every = r.slowdown_every.map(|e| ((e as f64 * scale) as u64).max(1));
+        }
+        self.warmup_s = self.warmup_s.min(duration_s / 4.0);
+        self.duration_s = duration_s;
+        self
+    }
+
     /// Measurement windows in the run.
     pub fn windows(&self) -> usize {
         (self.duration_s * 1000.0 / self.window_ms as f64) as usize

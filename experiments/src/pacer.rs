@@ -1,12 +1,16 @@
 //! An exactly paced UDP source at the remote host (experiment 7's sender): raw frames on an
 //! AF_PACKET socket inside the remote host's namespace, each sent at its due time on an
-//! absolute schedule (frame k of a stream at `t0 + k · interval`), so no error accumulates.
+//! absolute schedule (frame k of a stream at `t0 + k · interval`, slept for with an absolute
+//! `clock_nanosleep`), so no error accumulates and no CPU is burnt spinning: a late wake-up
+//! delays one frame by microseconds, never the schedule.
 //! Each datagram carries its stream's sequence number in its first 8 payload bytes.
 
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustix::thread::ClockId;
 
 use nemflow_testkit::frames::UdpFrame;
 use nemflow_testkit::RawSocket;
@@ -60,6 +64,8 @@ pub fn run(
     let intervals: Vec<f64> = streams.iter().map(Stream::interval_ns).collect();
     let mut sent = vec![0u64; streams.len()];
     let start = Instant::now();
+    let t0 = rustix::time::clock_gettime(ClockId::Monotonic);
+    let t0_ns = t0.tv_sec as u128 * 1_000_000_000 + t0.tv_nsec as u128;
     loop {
         // The stream whose next frame is due first.
         let (i, due_ns) = intervals
@@ -71,16 +77,14 @@ pub fn run(
         if due >= duration || stop.load(Ordering::Relaxed) {
             break;
         }
-        loop {
-            let now = start.elapsed();
-            if now >= due {
-                break;
-            }
-            if due - now > Duration::from_micros(200) {
-                std::thread::sleep(due - now - Duration::from_micros(100));
-            } else {
-                std::hint::spin_loop();
-            }
+        if start.elapsed() < due {
+            let at = t0_ns + due.as_nanos();
+            let ts = rustix::time::Timespec {
+                tv_sec: (at / 1_000_000_000) as i64,
+                tv_nsec: (at % 1_000_000_000) as i64,
+            };
+            // EINTR: the frame goes a little early; the schedule is unaffected.
+            let _ = rustix::thread::clock_nanosleep_absolute(ClockId::Monotonic, &ts);
         }
         sock.send(&streams[i].frame(sent[i]))?;
         sent[i] += 1;

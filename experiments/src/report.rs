@@ -34,8 +34,10 @@ pub struct FlowResult {
 pub struct Check {
     /// What is checked.
     pub name: String,
-    /// Whether it held.
+    /// Whether it held (informational checks always hold).
     pub pass: bool,
+    /// Whether it counts for the verdict, or is reported only.
+    pub judged: bool,
     /// The numbers behind it.
     pub detail: String,
 }
@@ -46,7 +48,16 @@ impl Check {
         Self {
             name: name.into(),
             pass,
+            judged: true,
             detail: detail.into(),
+        }
+    }
+
+    /// A finding reported but not judged.
+    pub fn info(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            judged: false,
+            ..Self::new(name, true, detail)
         }
     }
 }
@@ -131,7 +142,11 @@ impl Summary {
             );
         }
         for c in &self.checks {
-            let verdict = if c.pass { "PASS" } else { "FAIL" };
+            let verdict = match (c.judged, c.pass) {
+                (false, _) => "INFO",
+                (true, true) => "PASS",
+                (true, false) => "FAIL",
+            };
             let _ = writeln!(out, "check {}: {verdict} ({})", c.name, c.detail);
         }
         out

@@ -85,6 +85,8 @@ pub fn start_host(def: &Definition) -> Result<NemflowHost, String> {
     NemflowHost::start(
         &DriverOptions {
             rate_bps: def.link_rate_bps,
+            // Experiment 7 accounts for every drop: keep them all.
+            drop_log_entries: 1 << 22,
             ..DriverOptions::default()
         },
         "",

@@ -7,7 +7,7 @@ use std::net::SocketAddrV4;
 use nemflow_proto::Qos;
 
 use nemflow_flowmgr::client::Client;
-use nemflow_proto::app::OpenFlow;
+use nemflow_proto::app::{Buffers, OpenFlow};
 
 use crate::{FlowConfig, UdpFlow};
 
@@ -32,6 +32,19 @@ pub struct FlowRequest {
     pub remote: Option<SocketAddrV4>,
     /// Transmit QoS.
     pub qos: Qos,
+    /// Channel sizes (zero fields: the flow manager's defaults).
+    pub buffers: Buffers,
+}
+
+/// Channel sizes for `slots` frames of up to 2 KiB each way (`tx`/`rx` false: default size).
+pub fn buffers_for(tx_slots: Option<u32>, rx_slots: Option<u32>) -> Buffers {
+    let bytes = |slots: u32| (u64::from(slots) * 2048).div_ceil(4096) * 4096;
+    Buffers {
+        tx_bytes: tx_slots.map_or(0, bytes),
+        tx_slots: tx_slots.unwrap_or(0),
+        rx_bytes: rx_slots.map_or(0, bytes),
+        rx_slots: rx_slots.unwrap_or(0),
+    }
 }
 
 /// Why no flow could be opened.
@@ -81,6 +94,7 @@ pub fn open_flow_with(req: &FlowRequest, cfg: FlowConfig) -> Result<AppFlow, Ope
     let mut client = Client::connect_default()?;
     let open = OpenFlow {
         qos: req.qos,
+        buffers: req.buffers,
         ..OpenFlow::udp(req.local_port, req.remote)
     };
     let f = client.open(&open)?;

@@ -37,6 +37,10 @@ struct Args {
     /// May also use slack time beyond the slice.
     #[arg(long)]
     extra: bool,
+    /// Transmit FIFO slots (frames queued for the driver): deep enough to ride out scheduling
+    /// hiccups at full rate.
+    #[arg(long, default_value_t = 1024)]
+    tx_slots: u32,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
     let req = FlowRequest {
         local_port: a.local_port,
         remote: Some(a.remote),
+        buffers: apps::buffers_for(Some(a.tx_slots), None),
         qos: Qos {
             period_ns: (a.period_ms * 1e6) as u64,
             slice_ns: (a.slice_ms * 1e6) as u64,

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
     let req = FlowRequest {
         local_port: a.port,
         remote: None,
+        buffers: apps::buffers_for(None, None),
         qos: Qos::BEST_EFFORT,
     };
     let mut cfg = FlowConfig::default();

@@ -39,6 +39,9 @@ struct Args {
     /// Do not log each datagram, only the summary.
     #[arg(long)]
     quiet: bool,
+    /// Receive FIFO slots (frames the driver may queue for this app before it drops).
+    #[arg(long, default_value_t = 1024)]
+    rx_slots: u32,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let req = FlowRequest {
         local_port: a.port,
         remote: a.remote,
+        buffers: apps::buffers_for(None, Some(a.rx_slots)),
         qos: Qos::BEST_EFFORT,
     };
     let mut app = match apps::open_flow(&req) {

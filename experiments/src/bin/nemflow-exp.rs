@@ -69,13 +69,7 @@ fn main() -> ExitCode {
             def = def.with_link_rate(rate);
         }
         if let Some(d) = args.duration {
-            // Start times keep their place in the run.
-            let scale = d / def.duration_s;
-            for s in &mut def.senders {
-                s.start_s *= scale;
-            }
-            def.warmup_s = def.warmup_s.min(d / 4.0);
-            def.duration_s = d;
+            def = def.with_duration(d);
         }
         let out = args.out.join(name);
         let capture = args.capture.as_ref().map(|c| {
