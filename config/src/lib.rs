@@ -219,6 +219,14 @@ pub struct Driver {
     /// In adaptive mode, how long the loop spins without work before it starts sleeping, in
     /// microseconds (a burst's next frame usually comes sooner).
     pub spin_us: u32,
+    /// How far ahead of the wire clock frames may be handed to the port, in microseconds: what
+    /// the port holds keeps the link busy while the loop sleeps or wakes late. Never lets a flow
+    /// send before its allocation starts; shifts frames at most this much earlier.
+    pub lookahead_us: u32,
+    /// Run the data-path thread under SCHED_FIFO at this priority (1..=99): it then wakes on
+    /// time however busy the machine is, while its adaptive sleeps leave the core to others.
+    /// Unset: the normal scheduler.
+    pub realtime_priority: Option<u8>,
     /// Frames per receive/transmit burst.
     pub burst: u16,
     /// Entries kept in the drop log.
@@ -232,6 +240,8 @@ impl Default for Driver {
             idle: IdleMode::Adaptive,
             max_sleep_us: 100,
             spin_us: 20,
+            lookahead_us: 2000,
+            realtime_priority: None,
             burst: 32,
             drop_log_entries: 4096,
         }
@@ -438,6 +448,27 @@ impl Config {
                         peer.ip.addr(),
                         self.host.ip
                     ),
+                ));
+            }
+        }
+        if self.driver.lookahead_us > 1_000_000 {
+            return Err(invalid(
+                "driver.lookahead_us",
+                "allowed: 0..=1000000".into(),
+            ));
+        }
+        if let Some(p) = self.driver.realtime_priority {
+            if !(1..=99).contains(&p) {
+                return Err(invalid(
+                    "driver.realtime_priority",
+                    "allowed: 1..=99".into(),
+                ));
+            }
+            if self.driver.idle == IdleMode::Busy {
+                return Err(invalid(
+                    "driver.realtime_priority",
+                    "a busy-polling real-time thread would starve its core: use idle: adaptive"
+                        .into(),
                 ));
             }
         }

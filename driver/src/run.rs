@@ -46,6 +46,18 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
     // Short sleeps in the adaptive idle mode must be short: no 50 µs timer slack.
     // SAFETY: prctl with PR_SET_TIMERSLACK and an integer argument has no memory effects.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    if let Some(priority) = config.driver.realtime_priority {
+        let param = libc::sched_param {
+            sched_priority: i32::from(priority),
+        };
+        // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            return Err(RunError::Other(format!(
+                "cannot run the data path at real-time priority {priority}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
 
     // Declared first, dropped last: the namespace goes after the tap interface it holds.
     let mut tap_peer: Option<TapPeer> = None;
@@ -89,9 +101,7 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
         },
     )?;
     let max_sleep = Duration::from_micros(u64::from(config.driver.max_sleep_us));
-    if config.driver.idle == IdleMode::Adaptive {
-        dp.set_lookahead_ns(max_sleep.as_nanos() as u64);
-    }
+    dp.set_lookahead_ns(u64::from(config.driver.lookahead_us) * 1000);
     let mut control = ControlServer::bind(&config.driver.control_socket)?;
     tracing::info!(
         port = config.port_name(),
@@ -110,9 +120,24 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
     let mut round: u32 = 0;
     // When the loop last did work (adaptive mode spins `spin` past it, then sleeps).
     let mut last_work = Instant::now();
+    // Rounds that came late (the process was not running): the longest gap and how many
+    // exceeded 1 ms, logged at exit to tell a starved driver from a starved application.
+    let mut last_round = Instant::now();
+    let (mut max_gap, mut stalls) = (Duration::ZERO, 0u64);
     while !stop.load(Ordering::Relaxed) {
+        let gap = last_round.elapsed();
+        last_round = Instant::now();
+        if gap > max_sleep + Duration::from_millis(1) {
+            stalls += 1;
+        }
+        max_gap = max_gap.max(gap);
         let now_ns = start.elapsed().as_nanos() as u64;
+        let t_poll = Instant::now();
         let work = dp.poll(now_ns);
+        let poll_took = t_poll.elapsed();
+        if poll_took > Duration::from_millis(1) {
+            tracing::debug!(us = poll_took.as_micros() as u64, "slow poll");
+        }
         telemetry.tick(&dp, now_ns);
         round = round.wrapping_add(1);
         let busy = work.received > 0 || work.sent > 0;
@@ -130,7 +155,16 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
                 nap = nap.min(Duration::from_nanos(t.saturating_sub(now_ns)));
             }
             if nap >= Duration::from_micros(2) {
+                let t = Instant::now();
                 std::thread::sleep(nap);
+                let slept = t.elapsed();
+                if slept > nap + Duration::from_millis(1) {
+                    tracing::debug!(
+                        us = slept.as_micros() as u64,
+                        asked = nap.as_micros() as u64,
+                        "late wake-up"
+                    );
+                }
             }
         }
     }
@@ -139,6 +173,8 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
         rx_packets = info.rx_packets,
         tx_packets = info.tx_packets,
         flows = info.flows,
+        loop_stalls_over_1ms = stalls,
+        loop_max_gap_us = max_gap.as_micros() as u64,
         "driver stopping"
     );
     drop(telemetry);

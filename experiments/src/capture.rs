@@ -23,7 +23,17 @@ pub type Classifier = Box<dyn Fn(&[u8]) -> Option<usize> + Send>;
 #[derive(Debug)]
 pub struct Capture {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Result<Vec<Sample>, String>>,
+    thread: JoinHandle<Result<Captured, String>>,
+}
+
+/// What a capture saw.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    /// Frames attributed to flows, in arrival order.
+    pub samples: Vec<Sample>,
+    /// Frames the kernel dropped because the capture fell behind: a measurement with drops
+    /// under-counts and is not to be trusted.
+    pub dropped: u64,
 }
 
 impl Capture {
@@ -36,6 +46,9 @@ impl Capture {
     ) -> Result<Self, String> {
         let sock = RawSocket::bind_in(netns, iface)?;
         sock.enable_timestamps()?;
+        // Seconds of traffic, so a capture thread that is descheduled for a while loses nothing.
+        sock.set_recv_buffer(256 << 20)?;
+        sock.drops()?; // reset the counter
         let mut writer = match pcap {
             Some(path) => {
                 let file = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -75,13 +88,14 @@ impl Capture {
                     });
                 }
             }
-            Ok(samples)
+            let dropped = sock.drops()?;
+            Ok(Captured { samples, dropped })
         });
         Ok(Self { stop, thread })
     }
 
-    /// Stops and returns the samples, in arrival order.
-    pub fn finish(self) -> Result<Vec<Sample>, String> {
+    /// Stops and returns what was captured.
+    pub fn finish(self) -> Result<Captured, String> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .join()

@@ -88,6 +88,10 @@ pub struct Receiver {
     /// Growth of the processing time at each slowdown, µs.
     #[serde(default)]
     pub slowdown_step_us: f64,
+    /// Run the receiver at a real-time priority (SCHED_FIFO 5), on both systems alike: the
+    /// CPU guarantee a Nemesis application had, for a receiver that needs little CPU.
+    #[serde(default)]
+    pub cpu_guarantee: bool,
 }
 
 impl Definition {

@@ -37,7 +37,8 @@ fn write_series(
 
 /// 5a: every window of every flow within ±3% of its share, each mean within ±1%.
 fn fig5a(def: &Definition, opts: &RunOptions) -> Result<Summary, String> {
-    let series = senders_on_nemflow(def, opts)?;
+    let measured = senders_on_nemflow(def, opts)?;
+    let series = &measured.series;
     let link_mbps = def.link_rate_bps as f64 / 1e6;
     let top = def
         .senders
@@ -45,7 +46,7 @@ fn fig5a(def: &Definition, opts: &RunOptions) -> Result<Summary, String> {
         .map(|s| s.reserved_mbps(def.link_rate_bps))
         .fold(0.0, f64::max);
     write_series(
-        &series,
+        series,
         "5a",
         &def.title,
         (top * 1.25).max(link_mbps * 0.05),
@@ -79,9 +80,10 @@ fn fig5a(def: &Definition, opts: &RunOptions) -> Result<Summary, String> {
 /// 5b: each guaranteed flow within ±3% in every window after it started; the best-effort flow
 /// gets the link minus the active guarantees within ±3%.
 fn fig5b(def: &Definition, opts: &RunOptions) -> Result<Summary, String> {
-    let series = senders_on_nemflow(def, opts)?;
+    let measured = senders_on_nemflow(def, opts)?;
+    let series = &measured.series;
     let link_mbps = def.link_rate_bps as f64 / 1e6;
-    write_series(&series, "5b", &def.title, link_mbps * 1.1, opts)?;
+    write_series(series, "5b", &def.title, link_mbps * 1.1, opts)?;
     let window_s = def.window_ms as f64 / 1000.0;
     // A window is judged if it starts after the warm-up and after its flow started, and does
     // not contain another flow's start (the moment the shares change).
@@ -147,18 +149,19 @@ fn fig5b(def: &Definition, opts: &RunOptions) -> Result<Summary, String> {
 /// 6: two best-effort senders; nemflow's total ≥ 95% of the link and smoother (lower CV) than
 /// the same senders on Linux UDP sockets over a shaped link.
 fn fig6(def: &Definition, opts: &RunOptions) -> Result<Summary, String> {
-    let nemflow = senders_on_nemflow(def, opts)?;
-    let linux = crate::linux::senders_on_linux(def, opts)?;
+    let n_measured = senders_on_nemflow(def, opts)?;
+    let l_measured = crate::linux::senders_on_linux(def, opts)?;
+    let (nemflow, linux) = (&n_measured.series, &l_measured.series);
     let link_mbps = def.link_rate_bps as f64 / 1e6;
     write_series(
-        &nemflow,
+        nemflow,
         "6-nemflow",
         &format!("{} (nemflow)", def.title),
         link_mbps * 1.1,
         opts,
     )?;
     write_series(
-        &linux,
+        linux,
         "6-linux",
         &format!("{} (Linux, tc-shaped)", def.title),
         link_mbps * 1.1,
@@ -186,16 +189,18 @@ fn fig6(def: &Definition, opts: &RunOptions) -> Result<Summary, String> {
         }
         WindowStats::of(&sum)
     };
-    let n_total = total(&nemflow, "nemflow");
-    let l_total = total(&linux, "linux");
+    let n_total = total(nemflow, "nemflow");
+    let l_total = total(linux, "linux");
     let cv = |series: &Series| {
         let cvs: Vec<f64> = (0..def.senders.len())
             .map(|i| series.stats(i, from, to).cv)
             .collect();
         cvs.iter().sum::<f64>() / cvs.len().max(1) as f64
     };
-    let (n_cv, l_cv) = (cv(&nemflow), cv(&linux));
+    let (n_cv, l_cv) = (cv(nemflow), cv(linux));
     let checks = vec![
+        n_measured.check("nemflow"),
+        l_measured.check("Linux"),
         Check::new(
             "nemflow total ≥ 95% of link",
             n_total.mean >= 0.95 * link_mbps,

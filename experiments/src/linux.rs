@@ -11,7 +11,7 @@ use nemflow_testkit::{ip, unique_name, Netns};
 
 use crate::capture::{udp_src_port, Capture};
 use crate::definition::Definition;
-use crate::run::{in_netns, realtime_ns, Children, RunOptions, DISCARD_PORT};
+use crate::run::{in_netns, realtime_ns, Children, Measured, RunOptions, DISCARD_PORT};
 use crate::series::Series;
 
 /// The sending host's address on the veth link.
@@ -78,7 +78,7 @@ impl VethLink {
 }
 
 /// Runs `def`'s senders as Linux UDP senders over a shaped veth link, measured at the far end.
-pub fn senders_on_linux(def: &Definition, opts: &RunOptions) -> Result<Series, String> {
+pub fn senders_on_linux(def: &Definition, opts: &RunOptions) -> Result<Measured, String> {
     let link = VethLink::new(def.link_rate_bps)?;
     let ports: Vec<u16> = def.senders.iter().map(|s| s.port).collect();
     let names: Vec<String> = def.senders.iter().map(|s| s.name.clone()).collect();
@@ -134,12 +134,15 @@ pub fn senders_on_linux(def: &Definition, opts: &RunOptions) -> Result<Series, S
         eprintln!();
     }
     children.stop_all();
-    let samples = capture.finish()?;
-    Ok(Series::integrate(
-        &samples,
-        &names,
-        start_ns,
-        def.window_ms * 1_000_000,
-        def.windows(),
-    ))
+    let captured = capture.finish()?;
+    Ok(Measured {
+        series: Series::integrate(
+            &captured.samples,
+            &names,
+            start_ns,
+            def.window_ms * 1_000_000,
+            def.windows(),
+        ),
+        capture_drops: captured.dropped,
+    })
 }

@@ -33,6 +33,26 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
 }
 
+/// A transmit experiment's measurement.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Per-flow rates per window.
+    pub series: Series,
+    /// Frames the capture lost (it fell behind): a non-zero count voids the measurement.
+    pub capture_drops: u64,
+}
+
+impl Measured {
+    /// The check every measured run must pass: the capture saw every frame.
+    pub fn check(&self, system: &str) -> crate::report::Check {
+        crate::report::Check::new(
+            format!("{system} measurement complete"),
+            self.capture_drops == 0,
+            format!("the capture lost {} frames", self.capture_drops),
+        )
+    }
+}
+
 /// Child processes killed (SIGTERM, then SIGKILL) when dropped.
 #[derive(Debug, Default)]
 pub struct Children(Vec<(String, Child)>);
@@ -85,6 +105,8 @@ pub fn start_host(def: &Definition) -> Result<NemflowHost, String> {
     NemflowHost::start(
         &DriverOptions {
             rate_bps: def.link_rate_bps,
+            // Punctual on a busy machine, polite when idle.
+            realtime_priority: Some(10),
             // Experiment 7 accounts for every drop: keep them all.
             drop_log_entries: 1 << 22,
             ..DriverOptions::default()
@@ -95,8 +117,8 @@ pub fn start_host(def: &Definition) -> Result<NemflowHost, String> {
 
 /// Runs `def`'s senders as `udp-blast` processes on nemflow, each starting at its time, and
 /// measures them at the remote host. Returns the per-window series.
-pub fn senders_on_nemflow(def: &Definition, opts: &RunOptions) -> Result<Series, String> {
-    let host = start_host(def)?;
+pub fn senders_on_nemflow(def: &Definition, opts: &RunOptions) -> Result<Measured, String> {
+    let mut host = start_host(def)?;
     let ports: Vec<u16> = def.senders.iter().map(|s| s.port).collect();
     let names: Vec<String> = def.senders.iter().map(|s| s.name.clone()).collect();
     let classify_ports = ports.clone();
@@ -144,14 +166,18 @@ pub fn senders_on_nemflow(def: &Definition, opts: &RunOptions) -> Result<Series,
         eprintln!();
     }
     children.stop_all();
-    let samples = capture.finish()?;
-    Ok(Series::integrate(
-        &samples,
-        &names,
-        start_ns,
-        def.window_ms * 1_000_000,
-        def.windows(),
-    ))
+    let captured = capture.finish()?;
+    host.stop_and_keep_logs(&opts.out)?;
+    Ok(Measured {
+        series: Series::integrate(
+            &captured.samples,
+            &names,
+            start_ns,
+            def.window_ms * 1_000_000,
+            def.windows(),
+        ),
+        capture_drops: captured.dropped,
+    })
 }
 
 /// Starts one `udp-blast` for `s`, logging to `out/<port>.blast.log`.

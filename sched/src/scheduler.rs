@@ -317,7 +317,11 @@ pub struct Scheduler {
     /// Slack entries of removed flows still in the ring.
     slack_dead: usize,
     wire: WireClock,
+    /// The scheduler's time: the start of the last frame picked or charged, which with a
+    /// look-ahead may run ahead of the caller's clock.
     clock_ns: u64,
+    /// The latest `now_ns` a caller passed (the caller's clock, never ahead of it).
+    caller_ns: u64,
     /// `(id, slot)` of the last `Send`, so `charge` skips the id lookup.
     last_pick: Option<(u32, u32)>,
     /// Slot of the last flow charged (the one a latency hint may hold the wire for).
@@ -357,6 +361,7 @@ impl Scheduler {
             slack_dead: 0,
             wire: WireClock::new(link_rate_bps),
             clock_ns: 0,
+            caller_ns: 0,
             last_pick: None,
             last_sent: None,
             hold: None,
@@ -575,12 +580,15 @@ impl Scheduler {
     /// Decides what to send at `now_ns`.
     #[inline]
     pub fn pick(&mut self, now_ns: u64) -> Pick {
-        let now = now_ns.max(self.clock_ns);
+        // The look-ahead is measured from the caller's clock: measured from the scheduler's own
+        // (which a look-ahead frame moves ahead), the wire could run away from real time.
+        let now = now_ns.max(self.caller_ns);
+        self.caller_ns = now;
         let free = self.wire.free_at().ceil_ns();
         if free > now.saturating_add(self.lookahead_ns) {
             return Pick::WaitUntil(free - self.lookahead_ns);
         }
-        let t = now.max(free);
+        let t = now.max(free).max(self.clock_ns);
         self.clock_ns = t;
 
         // New allocations for backlogged flows whose period ended.

@@ -355,3 +355,47 @@ fn removing_and_changing_flows_while_backlogged() {
         assert_eq!(s.stats(id).unwrap().deadline_misses, 0, "flow {id}");
     }
 }
+
+#[test]
+fn a_lookahead_longer_than_frames_keeps_the_link_rate() {
+    // A look-ahead of many frame times lets the caller queue frames ahead of the wire; the wire
+    // must still run at the link rate (it used to run away when the look-ahead exceeded one frame).
+    for lookahead in [0, 50_000, 2_000_000, 20_000_000] {
+        let mut s = Scheduler::new(RATE, 20_000).unwrap();
+        s.set_lookahead_ns(lookahead);
+        for id in 1..=2 {
+            s.add_flow(id, Qos::best_effort(100 * MS), 0).unwrap();
+            s.set_backlogged(id, true, 0).unwrap();
+        }
+        let (mut now, mut frames) = (0u64, 0u64);
+        while now < 1_000 * MS {
+            for _ in 0..10_000 {
+                match s.pick(now) {
+                    Pick::Send(id) => {
+                        s.charge(id, 1514, now).unwrap();
+                        frames += 1;
+                    }
+                    _ => break,
+                }
+            }
+            assert!(
+                s.wire_free_at_ns() <= now + lookahead + F,
+                "wire at most one look-ahead and a frame ahead of the caller"
+            );
+            now += 10_000;
+        }
+        let wire_bits = frames * (1514 + 24) * 8;
+        let max_bits = RATE * (1_000 * MS + lookahead) / 1_000_000_000 + (1514 + 24) * 8;
+        assert!(
+            wire_bits <= max_bits,
+            "lookahead {lookahead}: {wire_bits} bits sent, at most {max_bits}"
+        );
+        if lookahead >= 50_000 {
+            // A look-ahead longer than the polling step keeps the wire busy all the time.
+            assert!(
+                wire_bits * 1000 >= RATE * 999,
+                "lookahead {lookahead}: only {wire_bits} bits"
+            );
+        }
+    }
+}

@@ -28,6 +28,8 @@ pub struct DriverOptions {
     pub idle: &'static str,
     /// Entries the driver's drop log keeps.
     pub drop_log_entries: u32,
+    /// SCHED_FIFO priority of the data path (adaptive idle only).
+    pub realtime_priority: Option<u8>,
 }
 
 impl Default for DriverOptions {
@@ -37,6 +39,7 @@ impl Default for DriverOptions {
             extra_yaml: String::new(),
             idle: "adaptive",
             drop_log_entries: 4096,
+            realtime_priority: None,
         }
     }
 }
@@ -83,13 +86,16 @@ impl DriverProcess {
         let config = dir.path().join("driver.yaml");
         let log = dir.path().join("driver.log");
         let yaml = format!(
-            "eal:\n  file_prefix: {prefix}\n  memory_mb: 512\nport:\n  vdev: net_tap0,iface={iface}\n  tap_peer:\n    netns: {netns}\n    ip: {PEER_IP}/24\nhost:\n  ip: {HOST_IP}/24\n  mac: \"02:4e:46:00:00:01\"\nlink:\n  rate_bps: {rate}\ndriver:\n  control_socket: {sock}\n  idle: {idle}\n  drop_log_entries: {drops}\n{extra}",
+            "eal:\n  file_prefix: {prefix}\n  memory_mb: 512\nport:\n  vdev: net_tap0,iface={iface}\n  tap_peer:\n    netns: {netns}\n    ip: {PEER_IP}/24\nhost:\n  ip: {HOST_IP}/24\n  mac: \"02:4e:46:00:00:01\"\nlink:\n  rate_bps: {rate}\ndriver:\n  control_socket: {sock}\n  idle: {idle}\n  drop_log_entries: {drops}\n{rt}{extra}",
             prefix = prefix.prefix,
             rate = opts.rate_bps,
             sock = socket.display(),
             extra = opts.extra_yaml,
             idle = opts.idle,
             drops = opts.drop_log_entries,
+            rt = opts
+                .realtime_priority
+                .map_or(String::new(), |p| format!("  realtime_priority: {p}\n")),
         );
         std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
         let logfile = std::fs::File::create(&log).map_err(|e| e.to_string())?;

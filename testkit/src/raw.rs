@@ -144,6 +144,30 @@ impl RawSocket {
         Ok(())
     }
 
+    /// Frames the kernel dropped for this socket since the last call (its receive buffer was
+    /// full), from `PACKET_STATISTICS`.
+    pub fn drops(&self) -> Result<u64, String> {
+        let mut stats = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: valid socket; `stats` and `len` are valid out-pointers of the sizes given.
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut stats as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if ret < 0 {
+            return Err(last_os_error("PACKET_STATISTICS"));
+        }
+        Ok(u64::from(stats.tp_drops))
+    }
+
     /// Asks the kernel to timestamp every received frame (`SO_TIMESTAMPNS`).
     pub fn enable_timestamps(&self) -> Result<(), String> {
         let on: libc::c_int = 1;

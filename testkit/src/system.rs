@@ -81,6 +81,16 @@ impl NemflowHost {
         })
     }
 
+    /// Stops the flow manager, then the driver, and copies both daemons' logs into `dir`
+    /// (`driver.log`, `flowmgr.log`).
+    pub fn stop_and_keep_logs(&mut self, dir: &Path) -> Result<(), String> {
+        stop_child(&mut self.flowmgr);
+        self.driver.stop();
+        std::fs::copy(&self.driver.log, dir.join("driver.log")).map_err(|e| e.to_string())?;
+        std::fs::copy(&self.flowmgr_log, dir.join("flowmgr.log")).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     /// A directory that lives as long as the host (for app logs and the like).
     pub fn dir(&self) -> &Path {
         self.dir.path()
