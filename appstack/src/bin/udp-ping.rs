@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         local_port: a.local_port,
         remote: Some(a.remote),
         qos: Qos::BEST_EFFORT,
+        buffers: apps::buffers_for(None, None),
     };
     let mut app = match apps::open_flow(&req) {
         Ok(f) => f,
