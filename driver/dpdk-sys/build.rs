@@ -51,10 +51,16 @@ fn main() {
     {
         Ok(lib) => lib,
         Err(e) => {
-            let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+            let why = e
+                .to_string()
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default();
             fail(&format!(
                 "DPDK >= {MIN_DPDK} not found through pkg-config (libdpdk): install it with \
-                 `apt-get install libdpdk-dev dpdk-dev dpdk` ({first})"
+                 `apt-get install libdpdk-dev dpdk-dev dpdk`{why}"
             ))
         }
     };
