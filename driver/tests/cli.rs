@@ -176,3 +176,41 @@ fn smoke_run_talks_to_the_kernel_side() {
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
+
+#[test]
+fn not_root_is_one_clear_line() {
+    require_root(); // to be able to drop to another uid
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let config = write_config(&dir, "user.yaml", &tap_config(&unique_name("nfu"), ""));
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nemflow-driver"))
+        .args(["--config", &config, "--smoke"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run nemflow-driver as nobody");
+    one_error_line(&out, "must run as root");
+}
+
+#[test]
+fn missing_tun_device_is_one_clear_line() {
+    require_root();
+    let dir = tempdir();
+    let config = write_config(&dir, "tun.yaml", &tap_config(&unique_name("nft"), ""));
+    // A private mount namespace in which /dev/net is empty: no tun device.
+    let script = format!(
+        "mount -t tmpfs none /dev/net && exec {} --config {config} --smoke",
+        env!("CARGO_BIN_EXE_nemflow-driver")
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    one_error_line(&out, "/dev/net/tun");
+}
