@@ -527,3 +527,87 @@ unsafe extern "C" fn cb_sched(
         0
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn snap(flows: u32, violations: u64, drops: u64) -> Snapshot {
+        Snapshot {
+            taken: Instant::now(),
+            port: PortInfo {
+                drops: vec![("unmatched".into(), drops)],
+                ..PortInfo::default()
+            },
+            flows: (1..=flows)
+                .map(|i| FlowStats {
+                    id: FlowId(i),
+                    tx_template_violations: violations,
+                    ..FlowStats::default()
+                })
+                .collect(),
+            qos: Vec::new(),
+            rate_bps: 1,
+            reserve_ppm: 0,
+        }
+    }
+
+    #[test]
+    fn what_moved_is_logged_once_per_interval_and_bounded() {
+        let out = Lines::default();
+        let w = out.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let mut t = Telemetry {
+                rate_bps: 1,
+                reserve_ppm: 0,
+                next_publish_ns: 0,
+                next_log_ns: 0,
+                logged: None,
+                logged_port: None,
+            };
+            // First report: two flows with 1000 violations each, then nothing new.
+            let s = Arc::new(snap(2, 1000, 0));
+            t.log_changes(&s);
+            t.logged = Some(s);
+            let s = Arc::new(snap(2, 1000, 0));
+            t.log_changes(&s);
+            t.logged = Some(s);
+            // Then 20 flows misbehave at once, and frames before any flow are dropped.
+            let s = Arc::new(snap(20, 2000, 7));
+            t.log_changes(&s);
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let first: Vec<&&str> = lines.iter().take(2).collect();
+        assert!(
+            first
+                .iter()
+                .all(|l| l.contains("template violations") && l.contains("refused=1000")),
+            "{text}"
+        );
+        // 2 lines, nothing for the quiet interval, then LOG_LINES and one summary.
+        assert_eq!(lines.len(), 2 + LOG_LINES + 1, "{text}");
+        assert!(lines.last().unwrap().contains("more=13"), "{text}");
+    }
+}
