@@ -3,6 +3,9 @@
 //!
 //! [`dpdk`] is the safe layer over DPDK (the only module that calls `dpdk_sys`); [`port`] is the
 //! trait the data path is written against, with the DPDK port and an in-memory port for tests.
+//! [`telemetry`] answers DPDK telemetry from snapshots the data path publishes, logs what its
+//! counters did (rate-limited), and tells systemd when the driver is ready; [`capture`] copies a
+//! captured flow's frames into the capturing tool's channel.
 
 pub mod capture;
 pub mod classify;

@@ -21,6 +21,9 @@
 //!   [`ports`], [`routing`], [`arp`], [`host`] (the last-resort handler: ARP, ICMP, RST on
 //!   crafted frames, no I/O), [`driver`] (the link to the driver), [`policy`], [`testing`] (a
 //!   fake driver speaking `proto::ctl`), [`show`] (the `nemflow` tool's output shapes).
+//! - Operating it: [`metrics`] (the Prometheus endpoint, a thread asking the daemon over its own
+//!   socket), [`logging`] (`--log-format`, rate-limited events), [`capture`] (`nemflow capture`),
+//!   [`top`] (`nemflow top`), [`service`] (`nemflow up`/`down`, readiness for systemd).
 //!
 //! # Event loop
 //! One thread, one non-blocking `poll` loop over the listening socket, every client socket, the

@@ -100,12 +100,13 @@ enum Cmd {
         /// Bytes kept of each frame (like tcpdump -s).
         #[arg(long, default_value_t = nemflow_flowmgr::capture::SNAP_BYTES)]
         snaplen: u32,
-        /// The driver's control socket (default: driver.control_socket of --config).
+        /// The driver's control socket (default: driver.control_socket of --config, else
+        /// /run/nemflow/driver.sock).
         #[arg(long)]
         driver_socket: Option<PathBuf>,
         /// Configuration file naming the driver's control socket.
-        #[arg(long, default_value = nemflow_config::DEFAULT_PATH)]
-        config: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Starts the driver, then the flow manager, from one configuration, waits until both
     /// serve (or prints why one did not) and leaves them running in the background (pid files
@@ -210,14 +211,15 @@ fn run(args: Args) -> Result<(), String> {
             driver_socket,
             config,
         } => {
-            let socket = match driver_socket {
-                Some(s) => s,
-                None => {
+            let socket = match (driver_socket, config) {
+                (Some(s), _) => s,
+                (None, Some(config)) => {
                     nemflow_config::Config::load(&config)
                         .map_err(|e| e.to_string())?
                         .driver
                         .control_socket
                 }
+                (None, None) => nemflow_config::Driver::default().control_socket,
             };
             let opts = CaptureOptions {
                 flow: FlowId(flow),
