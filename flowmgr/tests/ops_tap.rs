@@ -135,7 +135,8 @@ fn metrics_move_with_traffic_and_match_the_drivers_counters() {
     )
     .unwrap();
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut app = blast(&host, &["--slice-ms", "5", "--extra", "--seconds", "3"]);
+    // 5% of the 1 Gbit/s link, no slack: traffic enough to count, light on a shared machine.
+    let mut app = blast(&host, &["--slice-ms", "5", "--seconds", "3"]);
     let fid = wait_flow(&host.socket, 7001);
     std::thread::sleep(Duration::from_millis(300));
     let drv = host.driver.client().unwrap();
@@ -561,7 +562,13 @@ impl UpHost {
         let cfg = self.config.to_str().unwrap();
         a.push(cfg);
         let log = self.path("log");
-        a.extend(["--log-dir", log.to_str().unwrap(), "--timeout", "20"]);
+        a.extend([
+            "--log-dir",
+            log.to_str().unwrap(),
+            "--timeout",
+            "20",
+            "--json-logs",
+        ]);
         self.nemflow(&a)
     }
 
@@ -620,6 +627,26 @@ fn up_brings_the_host_up_and_down_leaves_nothing_behind() {
     let runtime = nemflow_testkit::dpdk_runtime_dir(&h.prefix.prefix);
     assert!(runtime.join("dpdk_telemetry.v2").exists());
     assert!(netns_exists(&h.netns));
+    // Both daemons log JSON lines (--json-logs).
+    for (log, message) in [
+        ("log/driver.log", "driver ready"),
+        ("log/flowmgr.log", "flow manager up"),
+    ] {
+        let text = std::fs::read_to_string(h.path(log)).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.contains(message))
+            .unwrap_or_else(|| panic!("{log}: {text}"));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v["fields"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(message),
+            "{line}"
+        );
+        assert_eq!(v["level"].as_str(), Some("INFO"), "{line}");
+    }
     // It serves: the flow manager answers, and the remote host reaches it.
     let mut c = Client::connect(&fsock).unwrap();
     assert!(c.all_flows().unwrap().iter().any(|f| f.id == FlowId(1)));
@@ -736,7 +763,7 @@ impl Drop for Tmux {
 #[test]
 fn top_in_a_terminal_shows_the_running_flows_and_quits_on_q() {
     let host = NemflowHost::start(&DriverOptions::default(), "").unwrap();
-    let mut app = blast(&host, &["--slice-ms", "5", "--extra", "--seconds", "4"]);
+    let mut app = blast(&host, &["--slice-ms", "5", "--seconds", "4"]);
     let fid = wait_flow(&host.socket, 7001);
     let tmux = Tmux(nemflow_testkit::unique_name("nftop"));
     let top = format!(
