@@ -715,3 +715,34 @@ fn reassembly_survives_hostile_fragments_from_the_remote_within_its_memory_bound
     assert_eq!(stat(&s, "reasm.in_progress"), 0, "{ctx}");
     assert_eq!(stat(&s, "reasm.bytes_in_use"), 0, "{ctx}");
 }
+
+#[test]
+fn udp_ping_has_help_and_says_when_the_flow_manager_is_absent() {
+    let bin = env!("CARGO_BIN_EXE_udp-ping");
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("Usage:") && text.contains("nemflow"),
+        "{text}"
+    );
+    let run = Command::new(bin)
+        .args(["--remote", "10.9.0.2:7"])
+        .env("NEMFLOW_FLOWMGR_SOCKET", "/nonexistent/flowmgr.sock")
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("no flow manager at /nonexistent/flowmgr.sock"),
+        "{err}"
+    );
+    assert!(run.stdout.is_empty(), "no fake output");
+    // A payload larger than UDP allows is refused before any flow is asked for.
+    let big = Command::new(bin)
+        .args(["--remote", "10.9.0.2:7", "--size", "65508"])
+        .output()
+        .unwrap();
+    assert_eq!(big.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&big.stderr).contains("at most 65507"));
+}
