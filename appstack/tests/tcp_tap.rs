@@ -424,7 +424,7 @@ fn a_syn_flood_on_one_port_leaves_other_transfer_rates_alone() {
         "http-serve",
         &["--port", "8080", "--root", root.to_str().unwrap()],
     );
-    let (_echo, _) = t.app("tcp-echo", &["--port", "7007", "--backlog", "8"]);
+    let (mut echo, _) = t.app("tcp-echo", &["--port", "7007", "--backlog", "8"]);
     let url = format!("http://{HOST_IP}:8080/f.bin");
     let iface = t.host.driver.iface.clone();
     // Unloaded and flooded downloads in turn, compared pair by pair, so that the machine's
@@ -450,12 +450,21 @@ fn a_syn_flood_on_one_port_leaves_other_transfer_rates_alone() {
     // Where the flood went: the flooded port's own flow in the driver, full, dropping.
     let mut c = nemflow_flowmgr::client::Client::connect(&t.host.socket).unwrap();
     let stats = c.stats().unwrap();
-    let (listen, flood_stats) = stats
+    let Some((listen, flood_stats)) = stats
         .flows
         .iter()
         .find(|(f, _)| f.kind == nemflow_proto::app::FlowKind::Listen && f.local.port() == 7007)
         .cloned()
-        .expect("the flooded port's flow");
+    else {
+        let mut err = String::new();
+        if let Some(mut e) = echo.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        panic!(
+            "the flooded port's flow is gone; tcp-echo: {:?} {err}",
+            echo.0.try_wait()
+        );
+    };
     let callbacks = t.flowmgr_counter("syn_callbacks");
     eprintln!(
         "unloaded {:.2} MB/s, under a SYN flood of 5000/s {:.2} MB/s (means); median pair {:+.1}% (pairs {ratios:.3?}); flooded port (flow {}): {} SYNs delivered, {} dropped in the driver, {callbacks} call-backs",

@@ -213,8 +213,11 @@ impl Frame {
 #[derive(Debug)]
 pub struct Decoder {
     buf: Vec<u8>,
-    /// Fds received, with the offset in `buf` of the read that brought them.
-    fds: Vec<(usize, Vec<OwnedFd>)>,
+    /// Fds received, with the byte range of `buf` (offset, length) of the read that brought
+    /// them. The kernel may glue a message without fds and the start of the next one, which
+    /// carries fds, into one read (and delivers the fds with it, stopping the read after that
+    /// message's first piece): fds belong to the last message that starts in their read.
+    fds: Vec<(usize, usize, Vec<OwnedFd>)>,
     max_fds: usize,
 }
 
@@ -263,7 +266,7 @@ impl Decoder {
                     self.max_fds
                 )));
             }
-            self.fds.push((start, fds));
+            self.fds.push((start, n, fds));
         }
         if n == 0 {
             return match self.buf.len() {
@@ -306,27 +309,36 @@ impl Decoder {
             self.check_stray_fds(self.buf.len())?;
             return Ok(None);
         }
-        self.check_stray_fds(total)?;
-        let payload = self.buf[HEADER_BYTES..total].to_vec();
-        self.buf.drain(..total);
         let mut fds = Vec::new();
         let mut rest = Vec::new();
-        for (offset, group) in self.fds.drain(..) {
-            if offset == 0 {
+        for (offset, len, group) in std::mem::take(&mut self.fds) {
+            let end = offset + len;
+            if offset >= total {
+                // A later read: shift it with the buffer.
+                rest.push((offset - total, len, group));
+            } else if end > total {
+                // The read ran on into the next message: the fds are that message's (or a
+                // later one's, decided when it is taken).
+                rest.push((0, end - total, group));
+            } else if offset == 0 {
                 fds.extend(group);
             } else {
-                rest.push((offset - total, group));
+                return Err(WireError::Fds(format!(
+                    "fds attached at byte {offset} of a message, not its start"
+                )));
             }
         }
         self.fds = rest;
+        let payload = self.buf[HEADER_BYTES..total].to_vec();
+        self.buf.drain(..total);
         Ok(Some(Frame { payload, fds }))
     }
 
     /// Fds must arrive with the first byte of a message: any that arrived at an offset inside
     /// `[1, upto)` of the current message is a protocol error.
     fn check_stray_fds(&self, upto: usize) -> Result<(), WireError> {
-        match self.fds.iter().find(|(off, _)| *off > 0 && *off < upto) {
-            Some((off, _)) => Err(WireError::Fds(format!(
+        match self.fds.iter().find(|(off, _, _)| *off > 0 && *off < upto) {
+            Some((off, _, _)) => Err(WireError::Fds(format!(
                 "fds attached at byte {off} of a message, not its start"
             ))),
             None => Ok(()),
@@ -409,6 +421,36 @@ mod tests {
         let f2 = dec.recv(&b, Some(Duration::from_secs(1))).unwrap();
         assert_eq!(f2.decode::<Msg>().unwrap(), Msg::Text("hello".into()));
         assert!(f2.fds.is_empty());
+    }
+
+    #[test]
+    fn fds_glued_behind_a_message_without_fds_belong_to_the_next_one() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        // An event, then a reply with fds, both sent before the reader reads: one read takes
+        // the event and the reply's start together, with the reply's fds.
+        send(&a, &Msg::Text("event".into()), &[]).unwrap();
+        send(&a, &Msg::Ping(9), &[r.as_fd(), w.as_fd()]).unwrap();
+        send(&a, &Msg::Text("after".into()), &[]).unwrap();
+        let mut dec = Decoder::new(2);
+        dec.read_from(&b).unwrap();
+        let mut frames = Vec::new();
+        while frames.len() < 3 {
+            match dec.next_frame().unwrap() {
+                Some(f) => frames.push(f),
+                None => {
+                    dec.read_from(&b).unwrap();
+                }
+            }
+        }
+        assert_eq!(
+            frames[0].decode::<Msg>().unwrap(),
+            Msg::Text("event".into())
+        );
+        assert!(frames[0].fds.is_empty(), "the event carries no fds");
+        assert_eq!(frames[1].decode::<Msg>().unwrap(), Msg::Ping(9));
+        assert_eq!(frames[1].fds.len(), 2, "the reply gets its fds");
+        assert!(frames[2].fds.is_empty());
     }
 
     #[test]

@@ -228,15 +228,27 @@ impl TcpListener {
             let flow = self.fm.lock().accept(&req);
             match flow {
                 Ok(flow) => {
-                    let s = TcpStream::accepted(flow, &inc, &self.fm, &self.cfg)?;
-                    epoll::add(
-                        &self.epoll,
-                        s.as_fd(),
-                        epoll::EventData::new_u64(1),
-                        epoll::EventFlags::IN,
-                    )
-                    .map_err(os("epoll_ctl"))?;
-                    self.handshaking.push((s, now));
+                    let id = flow.id();
+                    // One connection failing to start (no memory for its stack, say) fails
+                    // that connection, not the listener.
+                    let started =
+                        TcpStream::accepted(flow, &inc, &self.fm, &self.cfg).and_then(|s| {
+                            epoll::add(
+                                &self.epoll,
+                                s.as_fd(),
+                                epoll::EventData::new_u64(1),
+                                epoll::EventFlags::IN,
+                            )
+                            .map_err(os("epoll_ctl"))?;
+                            Ok(s)
+                        });
+                    match started {
+                        Ok(s) => self.handshaking.push((s, now)),
+                        Err(_) => {
+                            self.counters.handshakes_failed += 1;
+                            let _ = self.fm.lock().close(id);
+                        }
+                    }
                 }
                 // The flow manager let the request go (expired), or another 5-tuple holds it.
                 Err(ClientError::Refused(e))
@@ -244,6 +256,10 @@ impl TcpListener {
                 {
                     self.counters.stale += 1;
                 }
+                // The flow manager could not make the connection's flow (the peer's MAC did
+                // not resolve, a limit of this uid, admission): that connection fails.
+                Err(ClientError::Refused(_)) => self.counters.handshakes_failed += 1,
+                // The flow manager connection itself failed: the listener is gone.
                 Err(e) => return Err(e.into()),
             }
         }

@@ -95,12 +95,9 @@ impl Default for TcpConfig {
             connect_timeout: Duration::from_secs(10),
             linger: Duration::from_secs(2),
             qos: Qos::BEST_EFFORT,
-            buffers: Buffers {
-                tx_bytes: 2 << 20,
-                tx_slots: 1024,
-                rx_bytes: 1 << 20,
-                rx_slots: 512,
-            },
+            // The flow manager's default channels (made ahead of time: a faster set-up);
+            // the receive window is capped at what they hold.
+            buffers: Buffers::default(),
         }
     }
 }

@@ -366,8 +366,14 @@ impl TcpStream {
         fm: &FlowManager,
         cfg: &TcpConfig,
     ) -> Result<Self> {
-        let chan = attach(flow)?;
-        Self::accepted_on(chan, incoming, Some(fm.clone()), cfg)
+        let id = flow.id();
+        let started =
+            attach(flow).and_then(|chan| Self::accepted_on(chan, incoming, Some(fm.clone()), cfg));
+        if started.is_err() {
+            // The stream (which would give the flow back on drop) never came to be.
+            let _ = fm.lock().close(id);
+        }
+        started
     }
 
     /// [`accepted`](Self::accepted) over channels already attached.
@@ -754,6 +760,19 @@ impl TcpStream {
     fn finish(&mut self) -> Result<()> {
         if self.closed {
             return Ok(());
+        }
+        if !self.was_established
+            && matches!(
+                self.eng.state(),
+                State::Listen | State::SynSent | State::SynReceived
+            )
+        {
+            // Never established: nothing to exchange FINs about; reset the half-open one.
+            self.eng.sock().abort();
+            self.closed = true;
+            let r = self.eng.poll();
+            self.drain();
+            return r;
         }
         self.eng.sock().close();
         self.fin_sent = true;
