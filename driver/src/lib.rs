@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod dpdk;
 pub mod droplog;
 pub mod flowtable;
+pub mod fuzzing;
 pub mod port;
 pub mod preflight;
 pub mod run;

@@ -39,7 +39,8 @@ impl Default for DriverOptions {
             extra_yaml: String::new(),
             idle: "adaptive",
             drop_log_entries: 4096,
-            realtime_priority: None,
+            // As on a real host: the data path wakes on time however busy the machine is.
+            realtime_priority: Some(10),
         }
     }
 }
