@@ -109,7 +109,7 @@ pub fn rx_frames(data: &[u8]) {
         peer.inject(rest[2..2 + len].to_vec());
         rest = &rest[2 + len..];
         frames += 1;
-        if frames % 16 == 0 {
+        if frames.is_multiple_of(16) {
             dp.poll(frames * 1000);
         }
     }
