@@ -5,7 +5,7 @@
 //! Everything a flow does is counted on the flow; everything dropped before reaching a flow is
 //! counted by reason; every drop goes into the [`DropLog`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 
 use foldhash::fast::RandomState;
@@ -20,6 +20,41 @@ use crate::droplog::DropLog;
 use crate::flowtable::{Dest, FilterError, FlowTable, Slot};
 use crate::port::{Frame, Port};
 use crate::template::{self, Violation};
+
+/// Most fragments held waiting for their first fragment.
+const HELD_MAX_FRAMES: usize = 256;
+/// Most bytes of fragments held.
+const HELD_MAX_BYTES: usize = 512 * 1024;
+/// How long a fragment waits for its first fragment.
+const HELD_TIMEOUT_NS: u64 = 1_000_000_000;
+
+/// Identifies the datagram a fragment belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HeldKey {
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    proto: u8,
+    ident: u16,
+}
+
+impl HeldKey {
+    fn of(i: &classify::Ipv4Info) -> Self {
+        Self {
+            src: i.src,
+            dst: i.dst,
+            proto: i.proto,
+            ident: i.ident,
+        }
+    }
+}
+
+/// A fragment that came before its datagram's first fragment.
+#[derive(Debug)]
+struct Held {
+    key: HeldKey,
+    expires_ns: u64,
+    bytes: Vec<u8>,
+}
 
 /// Shortest frame on the wire without FCS: shorter ones are padded, and cost wire time as such.
 const MIN_FRAME_BYTES: usize = 60;
@@ -136,6 +171,9 @@ pub struct Datapath<P: Port> {
     rx_frames: Vec<P::Frame>,
     staged: Vec<P::Frame>,
     captures: Captures,
+    /// Fragments waiting for their first fragment, oldest first.
+    held: VecDeque<Held>,
+    held_bytes: usize,
 }
 
 impl<P: Port> Datapath<P> {
@@ -154,6 +192,8 @@ impl<P: Port> Datapath<P> {
             sched,
             malformed: HashMap::default(),
             unmatched_dropped: 0,
+            held: VecDeque::new(),
+            held_bytes: 0,
             captures: Captures::new(),
         })
     }
@@ -405,38 +445,116 @@ impl<P: Port> Datapath<P> {
                 self.count_malformed(Malformed::Oversize, frame.bytes().len());
                 continue;
             }
-            let bytes = frame.bytes();
-            let dest = match classify::parse(bytes, self.config.max_frame_bytes) {
-                Ok(parsed) => self.table.lookup(&parsed, now_ns),
-                Err(m) => Dest::Drop(m),
-            };
-            match dest {
-                Dest::One(slot) => {
-                    self.deliver(slot, bytes);
-                }
-                Dest::Many(slots) => {
-                    for slot in slots {
-                        self.deliver(slot, bytes);
-                    }
-                }
-                Dest::Default => match self.table.default_slot() {
-                    Some(slot) => {
-                        if !self.deliver(slot, bytes) {
-                            self.unmatched_dropped += 1;
-                        }
-                    }
-                    None => {
-                        self.unmatched_dropped += 1;
-                        self.drop_log
-                            .record(None, DropReason::RxUnmatched, bytes.len());
-                    }
-                },
-                Dest::Drop(m) => self.count_malformed(m, bytes.len()),
-            }
+            self.route(frame.bytes(), now_ns);
         }
         frames.clear();
         self.rx_frames = frames;
+        self.expire_held(now_ns);
         n
+    }
+
+    /// Classifies one received frame and delivers or drops it.
+    fn route(&mut self, bytes: &[u8], now_ns: u64) {
+        let (dest, fragment) = match classify::parse(bytes, self.config.max_frame_bytes) {
+            Ok(parsed) => {
+                let key = match &parsed {
+                    classify::Parsed::Ipv4(i) if i.frag_offset != 0 || i.more_fragments => {
+                        Some(HeldKey::of(i))
+                    }
+                    _ => None,
+                };
+                (self.table.lookup(&parsed, now_ns), key)
+            }
+            Err(m) => (Dest::Drop(m), None),
+        };
+        match dest {
+            Dest::One(slot) => {
+                self.deliver(slot, bytes);
+            }
+            Dest::Many(slots) => {
+                for slot in slots {
+                    self.deliver(slot, bytes);
+                }
+            }
+            Dest::Default => match self.table.default_slot() {
+                Some(slot) => {
+                    if !self.deliver(slot, bytes) {
+                        self.unmatched_dropped += 1;
+                    }
+                }
+                None => {
+                    self.unmatched_dropped += 1;
+                    self.drop_log
+                        .record(None, DropReason::RxUnmatched, bytes.len());
+                }
+            },
+            Dest::Drop(m) => self.count_malformed(m, bytes.len()),
+            Dest::Hold => {
+                if let Some(key) = fragment {
+                    self.hold(key, bytes, now_ns);
+                }
+                return;
+            }
+        }
+        // A fragment that found its datagram's state may free fragments that came before it.
+        if let Some(key) = fragment {
+            self.release_held(key, now_ns);
+        }
+    }
+
+    /// Keeps a fragment that came before its first fragment, within bounds; the oldest held
+    /// one makes room (and counts as an orphan).
+    fn hold(&mut self, key: HeldKey, bytes: &[u8], now_ns: u64) {
+        while self.held.len() >= HELD_MAX_FRAMES || self.held_bytes + bytes.len() > HELD_MAX_BYTES {
+            let Some(old) = self.held.pop_front() else {
+                break;
+            };
+            self.held_bytes -= old.bytes.len();
+            self.count_malformed(Malformed::FragmentOrphan, old.bytes.len());
+        }
+        self.held_bytes += bytes.len();
+        self.held.push_back(Held {
+            key,
+            expires_ns: now_ns.saturating_add(HELD_TIMEOUT_NS),
+            bytes: bytes.to_vec(),
+        });
+    }
+
+    /// Routes again the held fragments of `key`'s datagram, now that its state exists.
+    fn release_held(&mut self, key: HeldKey, now_ns: u64) {
+        if self.held.is_empty() || !self.held.iter().any(|h| h.key == key) {
+            return;
+        }
+        let (mine, rest): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.key == key);
+        self.held = rest;
+        for h in mine {
+            self.held_bytes -= h.bytes.len();
+            // Still without state (the first fragment matched nothing): held again, not looped.
+            match classify::parse(&h.bytes, self.config.max_frame_bytes)
+                .map(|p| self.table.lookup(&p, now_ns))
+            {
+                Ok(Dest::Hold) => self.count_malformed(Malformed::FragmentOrphan, h.bytes.len()),
+                Ok(_) => self.route(&h.bytes, now_ns),
+                Err(m) => self.count_malformed(m, h.bytes.len()),
+            }
+        }
+    }
+
+    /// Drops held fragments whose first fragment never came.
+    fn expire_held(&mut self, now_ns: u64) {
+        while self.held.front().is_some_and(|h| h.expires_ns < now_ns) {
+            if let Some(old) = self.held.pop_front() {
+                self.held_bytes -= old.bytes.len();
+                self.count_malformed(Malformed::FragmentOrphan, old.bytes.len());
+            }
+        }
+    }
+
+    /// Fragments held now (for tests and statistics).
+    pub fn fragments_held(&self) -> usize {
+        self.held.len()
     }
 
     fn count_malformed(&mut self, m: Malformed, len: usize) {

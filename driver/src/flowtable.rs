@@ -25,6 +25,9 @@ pub enum Dest {
     Many(Vec<Slot>),
     /// The flow manager's default flow (or a drop, counted, when there is none).
     Default,
+    /// A later fragment whose first fragment has not arrived (yet): the caller holds it for a
+    /// while and looks it up again when that first fragment comes.
+    Hold,
     /// Dropped before any flow.
     Drop(Malformed),
 }
@@ -251,16 +254,15 @@ impl FlowTable {
             ident: info.ident,
         };
         if info.is_later_fragment() {
+            // Fragments may arrive in any order: without state yet, the caller holds the frame.
+            // State lives until it expires (not until the last fragment: a middle one may come
+            // after it).
             let Some(entry) = self.frags.get(&key).copied() else {
-                return Dest::Drop(Malformed::FragmentOrphan);
+                return Dest::Hold;
             };
             if entry.expires_ns < now_ns {
                 self.frags.remove(&key);
-                return Dest::Drop(Malformed::FragmentOrphan);
-            }
-            if !info.more_fragments {
-                // The last fragment; earlier ones arriving after it find no state: orphans.
-                self.frags.remove(&key);
+                return Dest::Hold;
             }
             return entry.slot.map_or(Dest::Default, Dest::One);
         }
@@ -462,11 +464,20 @@ mod tests {
         let mut later = udp_frame(PEER, HOST, 0, 0, &[0; 32], &[]);
         later[20..22].copy_from_slice(&5u16.to_be_bytes()); // last fragment, offset 40
         fix_ip_checksum(&mut later);
-        assert_eq!(dest(&mut t, &later), Dest::Drop(Malformed::FragmentOrphan));
+        assert_eq!(
+            dest(&mut t, &later),
+            Dest::Hold,
+            "before its first: held by the caller"
+        );
         assert_eq!(dest(&mut t, &first), Dest::One(2));
         assert_eq!(t.fragments_tracked(), 1);
         assert_eq!(dest(&mut t, &later), Dest::One(2));
-        assert_eq!(t.fragments_tracked(), 0, "state freed by the last fragment");
+        assert_eq!(
+            dest(&mut t, &later),
+            Dest::One(2),
+            "state outlives the last fragment"
+        );
+        assert_eq!(t.fragments_tracked(), 1);
     }
 
     #[test]

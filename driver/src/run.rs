@@ -46,18 +46,6 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
     // Short sleeps in the adaptive idle mode must be short: no 50 µs timer slack.
     // SAFETY: prctl with PR_SET_TIMERSLACK and an integer argument has no memory effects.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
-    if let Some(priority) = config.driver.realtime_priority {
-        let param = libc::sched_param {
-            sched_priority: i32::from(priority),
-        };
-        // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
-            return Err(RunError::Other(format!(
-                "cannot run the data path at real-time priority {priority}: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-    }
 
     // Declared first, dropped last: the namespace goes after the tap interface it holds.
     let mut tap_peer: Option<TapPeer> = None;
@@ -115,6 +103,20 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
         Telemetry::register(config.link.rate_bps, (config.flowmgr.reserve * 1e6) as u32);
     telemetry::notify_ready();
 
+    // Only the data-path thread (this one, from here on) runs at real-time priority: DPDK's own
+    // threads, started above, keep the normal scheduler.
+    if let Some(priority) = config.driver.realtime_priority {
+        let param = libc::sched_param {
+            sched_priority: i32::from(priority),
+        };
+        // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            return Err(RunError::Other(format!(
+                "cannot run the data path at real-time priority {priority}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
     let spin = Duration::from_micros(u64::from(config.driver.spin_us));
     let start = Instant::now();
     let mut round: u32 = 0;
