@@ -40,6 +40,10 @@ fn default_window() -> u64 {
     200
 }
 
+fn default_rx_slots() -> u32 {
+    256
+}
+
 /// A sending application and its flow's QoS.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +92,10 @@ pub struct Receiver {
     /// Growth of the processing time at each slowdown, µs.
     #[serde(default)]
     pub slowdown_step_us: f64,
+    /// Receive buffers the receiver posts (its channel's FIFO slots): how far it may fall
+    /// behind before the driver drops for it.
+    #[serde(default = "default_rx_slots")]
+    pub rx_slots: u32,
     /// Run the receiver at a real-time priority (SCHED_FIFO 5), on both systems alike: the
     /// CPU guarantee a Nemesis application had, for a receiver that needs little CPU.
     #[serde(default)]

@@ -61,6 +61,13 @@ pub fn run(
     stop: &Arc<AtomicBool>,
 ) -> Result<Vec<u64>, String> {
     let sock = RawSocket::bind_in(netns, iface)?;
+    // The source must be punctual whatever else runs: this thread at real-time priority (it
+    // sleeps between frames, so it takes little). Without it the schedule still holds on
+    // average, but a descheduled source sends late frames in a burst.
+    let tid = rustix::thread::gettid().as_raw_nonzero().get().to_string();
+    let _ = std::process::Command::new("chrt")
+        .args(["-f", "-p", "20", &tid])
+        .status();
     let intervals: Vec<f64> = streams.iter().map(Stream::interval_ns).collect();
     let mut sent = vec![0u64; streams.len()];
     let start = Instant::now();

@@ -236,9 +236,10 @@ fn on_nemflow(def: &Definition, opts: &RunOptions) -> Result<(NemflowRun, Vec<Ch
                 "--port",
                 &r.port.to_string(),
                 "--seconds",
-                &format!("{:.3}", def.duration_s + 4.0),
+                &format!("{:.3}", def.duration_s + 60.0),
             ])
             .args(sink_costs(r))
+            .args(["--rx-slots", &r.rx_slots.to_string()])
             .stdout(log)
             .stderr(err)
             .stdin(Stdio::null())
@@ -299,7 +300,8 @@ fn on_nemflow(def: &Definition, opts: &RunOptions) -> Result<(NemflowRun, Vec<Ch
     if let Some(t) = ticker {
         let _ = t.join();
     }
-    // Let the slow sink work through what it holds, then read the driver's drop log.
+    // Let the slow sink work through what it holds (the sinks live until stopped below), then
+    // read the driver's drop log.
     std::thread::sleep(Duration::from_secs(3));
     let driver = DriverClient::connect(&host.driver.socket)?;
     let mut log = Vec::new();
@@ -312,6 +314,24 @@ fn on_nemflow(def: &Definition, opts: &RunOptions) -> Result<(NemflowRun, Vec<Ch
             }
             _ => break,
         }
+    }
+    // The driver's own count per sink, while their flows still exist.
+    let mut per_sink_counts = String::new();
+    if let DriverReply::FlowStats(stats) =
+        driver.call(&DriverRequest::FlowStats { id: None }, &[])?
+    {
+        let per_sink: Vec<String> = ids
+            .iter()
+            .zip(&def.receivers)
+            .filter_map(|(id, r)| {
+                let s = stats.iter().find(|s| s.id == *id)?;
+                Some(format!(
+                    "{}: delivered {}, dropped {} (no buffer)",
+                    r.name, s.rx_packets, s.rx_dropped_no_buffer
+                ))
+            })
+            .collect();
+        per_sink_counts = per_sink.join("; ");
     }
     children.stop_all();
     let sinks: Vec<SinkResult> = def
@@ -343,15 +363,20 @@ fn on_nemflow(def: &Definition, opts: &RunOptions) -> Result<(NemflowRun, Vec<Ch
         foreign == 0 && !rx_drops.is_empty(),
         format!("{} drops logged, {foreign} of other flows", rx_drops.len()),
     ));
+    checks.push(Check::info("the driver's count per sink", per_sink_counts));
     if let DriverReply::PortInfo(p) = driver.call(&DriverRequest::PortInfo, &[])? {
         let kernel_drops = tap_tx_dropped(&host.driver.netns, &host.driver.iface);
+        let qdisc_drops = qdisc_dropped(&host.driver.netns, &host.driver.iface);
         checks.push(Check::info(
             "frames lost before the driver saw them",
             format!(
-                "port rx_missed {}, rx_nombuf {}; remote tap tx dropped {}",
+                "sent {}, the port received {}; port rx_missed {}, rx_nombuf {}; remote host: tap tx dropped {}, its queue dropped {} (the tap could not take them)",
+                sent.iter().sum::<u64>(),
+                p.rx_packets,
                 p.rx_missed,
                 p.rx_nombuf,
-                kernel_drops.map_or("?".into(), |d| d.to_string())
+                kernel_drops.map_or("?".into(), |d| d.to_string()),
+                qdisc_drops.map_or("?".into(), |d| d.to_string())
             ),
         ));
     }
@@ -393,7 +418,7 @@ fn on_linux(def: &Definition, opts: &RunOptions) -> Result<LinuxRun, String> {
                 "--bind",
                 &SocketAddrV4::new(LINUX_HOST, r.port).to_string(),
                 "--seconds",
-                &format!("{:.3}", def.duration_s + 4.0),
+                &format!("{:.3}", def.duration_s + 60.0),
             ])
             .args(sink_costs(r))
             .stdout(log)
@@ -529,4 +554,27 @@ fn keep(logs: &tempfile::TempDir, name: &str, opts: &RunOptions) -> std::path::P
         return logs.path().join(name);
     }
     dest
+}
+
+/// Frames the remote host's queue discipline on the tap dropped (`tc -s qdisc`): what it sent
+/// faster than the tap, and so the driver, took them.
+fn qdisc_dropped(netns: &str, iface: &str) -> Option<u64> {
+    let out = in_netns(netns, "tc")
+        .args(["-s", "qdisc", "show", "dev", iface])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut total = 0;
+    for line in text.lines().filter(|l| l.contains("dropped")) {
+        let n = line
+            .split("dropped")
+            .nth(1)?
+            .trim()
+            .split([',', ' '])
+            .next()?
+            .parse::<u64>()
+            .ok()?;
+        total += n;
+    }
+    Some(total)
 }

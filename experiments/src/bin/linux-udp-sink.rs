@@ -43,6 +43,11 @@ fn main() -> ExitCode {
     };
     let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
     let _ = set_rcvbuf(&sock, a.rcvbuf);
+    // SIGTERM/SIGINT end the loop, so the log is flushed (a killed sink would lose its last lines).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, std::sync::Arc::clone(&stop));
+    }
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(a.seconds);
     let mut out = BufWriter::new(std::io::stdout().lock());
