@@ -358,6 +358,10 @@ fn channel_factory(spec: ChannelSpec) -> std::io::Result<Receiver<SparePair>> {
     std::thread::Builder::new()
         .name("channel-factory".into())
         .spawn(move || loop {
+            // Background work at the lowest priority (nice is per thread on Linux; one cheap
+            // call per pair), so that making spares never takes a CPU from an open in progress,
+            // which creates its own channels when no spare is ready.
+            let _ = rustix::process::setpriority_process(None, 19);
             let pair = (|| -> Result<SparePair, nemflow_rbuf::Error> {
                 let t = nemflow_rbuf::create(&spec)?;
                 let r = nemflow_rbuf::create(&spec)?;
@@ -967,7 +971,9 @@ impl<D: DriverLink> Daemon<D> {
         }
         match c.decoder.read_from(&c.sock) {
             Ok(_) => {}
-            Err(WireError::Closed) | Err(WireError::Truncated(_)) => {
+            // A peer that exits with our messages unread resets the connection (ECONNRESET):
+            // it closed, it did not break the protocol.
+            Err(WireError::Closed) | Err(WireError::Truncated(_)) | Err(WireError::Io { .. }) => {
                 self.disconnect(cid, true);
                 return;
             }

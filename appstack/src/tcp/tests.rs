@@ -264,6 +264,8 @@ fn loss_on_the_wire_is_repaired() {
         got
     });
     a.write_all(&d2).unwrap();
+    // Repairs wait for retransmission timeouts (>= 1 s each): let them run before closing.
+    a.wait_acked(Duration::from_secs(60)).unwrap();
     a.close().unwrap();
     let got = server.join().unwrap();
     eprintln!("1 MiB with 7 frames lost: {:?}", t0.elapsed());
