@@ -14,6 +14,7 @@
 pub mod app;
 pub mod ctl;
 pub mod flow;
+pub mod fuzzing;
 pub mod wire;
 
 pub use flow::{Fib, Filter, FlowId, Qos, Template, TemplateKind};

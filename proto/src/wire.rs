@@ -231,6 +231,11 @@ impl Decoder {
         }
     }
 
+    /// Appends bytes received by other means (a test, a fuzzer, a transport without fds).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Bytes buffered for a message not yet complete.
     pub fn pending(&self) -> usize {
         self.buf.len()
