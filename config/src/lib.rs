@@ -43,10 +43,12 @@ pub enum ConfigError {
         message: String,
     },
     /// Values that are each valid but do not fit together.
-    #[error("{}: `{field}`: {problem}", path.display())]
+    #[error("{}{}: `{field}`: {problem}", path.display(), at_line(*line))]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// 1-based line of the field in the file (0 when the field is not in it).
+        line: u64,
         /// Dotted path of the field.
         field: &'static str,
         /// What is wrong and what is allowed.
@@ -342,15 +344,17 @@ impl Config {
 
     /// Parses and validates YAML text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| parse_error(&e, path))?;
-        config.validate(path)?;
+        let config: Config =
+            serde_saphyr::from_str(text).map_err(|e| parse_error(&e, text, path))?;
+        config.validate(text, path)?;
         Ok(config)
     }
 
     /// Cross-field checks that parsing alone cannot make.
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field, problem: String| ConfigError::Invalid {
+    fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, problem: String| ConfigError::Invalid {
             path: path.to_owned(),
+            line: line_of(text, field),
             field,
             problem,
         };
@@ -489,6 +493,22 @@ impl Config {
             return Err(invalid("flowmgr.socket_mode", "allowed: 0..=0o777".into()));
         }
         let fm = &self.flowmgr;
+        if fm.max_flows_per_uid == 0 {
+            return Err(invalid(
+                "flowmgr.max_flows_per_uid",
+                "must be at least 1 (to refuse a uid, leave it out of allowed_uids)".into(),
+            ));
+        }
+        if fm.max_channel_bytes_per_uid < fm.max_channel_bytes.min(fm.channel_bytes) {
+            return Err(invalid(
+                "flowmgr.max_channel_bytes_per_uid",
+                format!(
+                    "{} is less than one flow's channels ({} bytes): no app could open a flow",
+                    fm.max_channel_bytes_per_uid,
+                    fm.max_channel_bytes.min(fm.channel_bytes)
+                ),
+            ));
+        }
         if fm.max_clients == 0 {
             return Err(invalid("flowmgr.max_clients", "must be > 0".into()));
         }
@@ -595,7 +615,38 @@ impl Config {
 }
 
 /// Turns a serde-saphyr error into one line: file, line, column, message.
-fn parse_error(e: &serde_saphyr::Error, path: &Path) -> ConfigError {
+/// `:N` for a known line, nothing for line 0.
+fn at_line(line: u64) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}")
+    }
+}
+
+/// The line a dotted field (`port.mbufs`) is written on: the first line, after its section's,
+/// whose key is the field's last component. 0 when the field is not in the text.
+fn line_of(text: &str, field: &str) -> u64 {
+    let mut parts = field.split('.');
+    let section = parts.next().unwrap_or_default();
+    let leaf = field.rsplit('.').next().unwrap_or_default();
+    let key = |line: &str, name: &str| {
+        let t = line.trim_start().trim_start_matches("- ");
+        t.strip_prefix(name)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+    };
+    let start = text
+        .lines()
+        .position(|l| !l.starts_with(' ') && key(l, section))
+        .unwrap_or(0);
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .find(|(_, l)| key(l, leaf))
+        .map_or(0, |(i, _)| i as u64 + 1)
+}
+
+fn parse_error(e: &serde_saphyr::Error, text: &str, path: &Path) -> ConfigError {
     let (line, column) = e
         .location()
         .map(|l| (l.line(), l.column()))
@@ -613,8 +664,17 @@ fn parse_error(e: &serde_saphyr::Error, path: &Path) -> ConfigError {
     let message = match message.rfind(" at line ") {
         Some(i) if message[i..].contains(", column ") => &message[..i],
         _ => message,
-    }
-    .to_owned();
+    };
+    // Name the field: a message like "invalid u16" does not, the line it is on does.
+    let source = usize::try_from(line)
+        .ok()
+        .and_then(|l| text.lines().nth(l.checked_sub(1)?))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !message.contains(*l));
+    let message = match source {
+        Some(l) => format!("{message} (in `{l}`)"),
+        None => message.to_owned(),
+    };
     ConfigError::Parse {
         path: path.to_owned(),
         line,
