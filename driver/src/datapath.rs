@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 use foldhash::fast::RandomState;
 use nemflow_proto::ctl::{DropEntry, DropReason, FlowStats, PortInfo, TcpSeen};
 use nemflow_proto::flow::{ip_proto, Filter, FlowId, Qos, Template, TemplateKind};
-use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, IoRec, CHANNEL_FDS};
+use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, FdSource, IoRec, CHANNEL_FDS};
 use nemflow_sched::{Pick, Scheduler};
 
 use crate::capture::{CaptureError, Captures};
@@ -58,6 +58,18 @@ struct Held {
 
 /// Shortest frame on the wire without FCS: shorter ones are padded, and cost wire time as such.
 const MIN_FRAME_BYTES: usize = 60;
+
+/// Most iorecs taken from a channel at once (transmit iorecs ahead of the scheduler's picks,
+/// empty receive buffers ahead of frames). Each FIFO is written by the app on another core, so
+/// every access to it is a cache miss: taken a batch at a time, the misses overlap and the
+/// index is published once per batch instead of once per frame.
+const AHEAD: usize = 32;
+
+/// Most idle transmit channels looked at per poll while the data path is saturated (a full
+/// receive burst, or a full transmit budget last time): a look costs a cache miss per channel,
+/// so with many open flows a full sweep would cost more than the burst itself. Idle, it sweeps
+/// them all every poll.
+const SCAN_WHEN_BUSY: usize = 64;
 
 /// How the data path is set up.
 #[derive(Debug, Clone)]
@@ -131,8 +143,15 @@ struct Flow {
     qos: Qos,
     tx: tmm::Consumer,
     rx: rmm::Producer,
-    /// An empty receive buffer taken but too small for the last frame: used for the next one.
-    spare: Option<IoRec>,
+    /// Empty receive buffers taken from the app ahead of frames, oldest first (at most
+    /// [`AHEAD`]); a buffer too small for a frame goes back to the front for the next one.
+    rx_empty: VecDeque<IoRec>,
+    /// Receive buffers filled during this burst, pushed to the app in one batch at its end.
+    rx_filled: Vec<(IoRec, usize)>,
+    /// Transmit iorecs taken from the app ahead of the scheduler's picks, oldest first.
+    tx_ahead: VecDeque<IoRec>,
+    /// Transmit iorecs done with during this poll, handed back in one batch at its end.
+    tx_done: Vec<IoRec>,
     backlogged: bool,
     broken: bool,
     counters: Counters,
@@ -170,6 +189,15 @@ pub struct Datapath<P: Port> {
     unmatched_dropped: u64,
     rx_frames: Vec<P::Frame>,
     staged: Vec<P::Frame>,
+    /// Flows with filled receive buffers / finished transmit iorecs to hand back this poll.
+    rx_touched: Vec<Slot>,
+    tx_touched: Vec<Slot>,
+    /// Flows neither backlogged nor broken: the only ones whose transmit FIFO is looked at for
+    /// new work, from `tx_scan_at` on when the look is bounded.
+    tx_idle: Vec<Slot>,
+    tx_scan_at: usize,
+    /// The last transmit used its whole budget.
+    tx_saturated: bool,
     captures: Captures,
     /// Fragments waiting for their first fragment, oldest first.
     held: VecDeque<Held>,
@@ -185,6 +213,11 @@ impl<P: Port> Datapath<P> {
             drop_log: DropLog::new(config.drop_log_entries),
             rx_frames: Vec::with_capacity(config.burst),
             staged: Vec::with_capacity(config.burst),
+            rx_touched: Vec::new(),
+            tx_touched: Vec::new(),
+            tx_idle: Vec::new(),
+            tx_scan_at: 0,
+            tx_saturated: false,
             port,
             config,
             flows: Vec::new(),
@@ -232,8 +265,11 @@ impl<P: Port> Datapath<P> {
             });
         }
         let rx_fds = fds.split_off(CHANNEL_FDS);
-        let tx = tmm::Consumer::attach(tx_spec, ChannelFds::from_vec(fds)?)?;
-        let rx = rmm::Producer::attach(rx_spec, ChannelFds::from_vec(rx_fds)?)?;
+        // The fds come from their creator, the flow manager, over the root-only control socket.
+        let tx =
+            tmm::Consumer::attach_from(tx_spec, ChannelFds::from_vec(fds)?, FdSource::Creator)?;
+        let rx =
+            rmm::Producer::attach_from(rx_spec, ChannelFds::from_vec(rx_fds)?, FdSource::Creator)?;
         let slot = match self.flows.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -254,7 +290,10 @@ impl<P: Port> Datapath<P> {
             qos,
             tx,
             rx,
-            spare: None,
+            rx_empty: VecDeque::with_capacity(AHEAD),
+            rx_filled: Vec::with_capacity(AHEAD),
+            tx_ahead: VecDeque::with_capacity(AHEAD),
+            tx_done: Vec::with_capacity(AHEAD),
             backlogged: false,
             broken: false,
             counters: Counters::default(),
@@ -271,6 +310,7 @@ impl<P: Port> Datapath<P> {
             captured: false,
         });
         self.by_id.insert(id, slot_id);
+        self.tx_idle.push(slot_id);
         tracing::info!(flow = %id, "flow installed");
         Ok(())
     }
@@ -282,6 +322,7 @@ impl<P: Port> Datapath<P> {
         if let Some(flow) = self.flows.get_mut(slot as usize).and_then(Option::take) {
             self.table.remove(&flow.filter, slot);
         }
+        self.tx_idle.retain(|&s| s != slot);
         let _ = self.sched.remove_flow(id.0);
         self.captures.flow_removed(id);
         tracing::info!(flow = %id, "flow removed");
@@ -428,7 +469,8 @@ impl<P: Port> Datapath<P> {
     /// One round: receive a burst, find backlogged flows, send what the scheduler allows.
     pub fn poll(&mut self, now_ns: u64) -> Work {
         let received = self.receive(now_ns);
-        self.discover_backlog(now_ns);
+        let busy = received >= self.config.burst || self.tx_saturated;
+        self.discover_backlog(now_ns, busy);
         let (sent, wait_until_ns) = self.transmit(now_ns);
         Work {
             received,
@@ -450,7 +492,29 @@ impl<P: Port> Datapath<P> {
         frames.clear();
         self.rx_frames = frames;
         self.expire_held(now_ns);
+        self.push_filled();
         n
+    }
+
+    /// Hands each flow the buffers filled during this burst, one batch per flow.
+    fn push_filled(&mut self) {
+        for slot in self.rx_touched.drain(..) {
+            let Some(flow) = self.flows.get_mut(slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            if let Err(e) = flow.rx.push_full_batch(&flow.rx_filled) {
+                // Not delivered after all (the app broke its channel meanwhile): drops.
+                for &(_, len) in &flow.rx_filled {
+                    flow.counters.rx_packets -= 1;
+                    flow.counters.rx_bytes -= len as u64;
+                    flow.counters.rx_dropped_no_buffer += 1;
+                    self.drop_log
+                        .record(Some(flow.id), DropReason::RxNoBuffer, len);
+                }
+                tracing::debug!(flow = %flow.id, "receive push failed: {e}");
+            }
+            flow.rx_filled.clear();
+        }
     }
 
     /// Classifies one received frame and delivers or drops it.
@@ -570,9 +634,25 @@ impl<P: Port> Datapath<P> {
         if flow.captured {
             self.captures.record(flow.id, false, bytes);
         }
-        let buf = match flow.spare.take() {
+        let buf = match flow.rx_empty.pop_front() {
             Some(rec) => Ok(Some(rec)),
-            None => flow.rx.take_empty(),
+            None => {
+                // A batch of the app's empty buffers; invalid ones are skipped, each counted
+                // and logged.
+                let mut recs = [IoRec::default(); AHEAD];
+                let invalid_before = flow.rx.counters().invalid_iorecs();
+                let taken = flow.rx.take_empty_batch(&mut recs);
+                let invalid = flow.rx.counters().invalid_iorecs() - invalid_before;
+                for _ in 0..invalid {
+                    flow.counters.invalid_iorecs += 1;
+                    self.drop_log
+                        .record(Some(flow.id), DropReason::InvalidIoRec, bytes.len());
+                }
+                taken.map(|k| {
+                    flow.rx_empty.extend(recs.iter().take(k).skip(1));
+                    (k > 0).then_some(recs[0])
+                })
+            }
         };
         let rec = match buf {
             Ok(Some(rec)) => rec,
@@ -596,18 +676,19 @@ impl<P: Port> Datapath<P> {
         };
         if rec.total_len() < bytes.len() as u64 {
             // The app's buffers are smaller than this frame: drop it, keep the buffer.
-            flow.spare = Some(rec);
+            flow.rx_empty.push_front(rec);
             flow.counters.rx_dropped_no_buffer += 1;
             self.drop_log
                 .record(Some(flow.id), DropReason::RxNoBuffer, bytes.len());
             return false;
         }
-        let result = flow
-            .rx
-            .copy_in(&rec, bytes)
-            .and_then(|()| flow.rx.push_full(rec, bytes.len()));
-        match result {
+        match flow.rx.copy_in(&rec, bytes) {
             Ok(()) => {
+                // Pushed with the rest of the burst's frames for this flow (`push_filled`).
+                if flow.rx_filled.is_empty() {
+                    self.rx_touched.push(slot);
+                }
+                flow.rx_filled.push((rec, bytes.len()));
                 flow.counters.rx_packets += 1;
                 flow.counters.rx_bytes += bytes.len() as u64;
                 if let Some(t) = flow.tcp.as_mut() {
@@ -625,25 +706,48 @@ impl<P: Port> Datapath<P> {
         }
     }
 
-    /// Tells the scheduler about flows whose transmit FIFO became non-empty.
-    fn discover_backlog(&mut self, now_ns: u64) {
-        for flow in self.flows.iter_mut().flatten() {
+    /// Tells the scheduler about flows whose transmit FIFO became non-empty: looks at every
+    /// idle flow, or at most [`SCAN_WHEN_BUSY`] of them, round robin, when `busy`.
+    fn discover_backlog(&mut self, now_ns: u64, busy: bool) {
+        let mut budget = if busy {
+            SCAN_WHEN_BUSY.min(self.tx_idle.len())
+        } else {
+            self.tx_idle.len()
+        };
+        let mut i = self.tx_scan_at;
+        while budget > 0 && !self.tx_idle.is_empty() {
+            budget -= 1;
+            if i >= self.tx_idle.len() {
+                i = 0;
+            }
+            let slot = self.tx_idle[i];
+            let Some(flow) = self.flows.get_mut(slot as usize).and_then(Option::as_mut) else {
+                self.tx_idle.swap_remove(i);
+                continue;
+            };
             if flow.backlogged || flow.broken {
+                self.tx_idle.swap_remove(i);
                 continue;
             }
             match flow.tx.ready() {
                 Ok(true) => {
                     if self.sched.set_backlogged(flow.id.0, true, now_ns).is_ok() {
                         flow.backlogged = true;
+                        self.tx_idle.swap_remove(i);
+                        continue;
                     }
                 }
                 Ok(false) => {}
                 Err(e) => {
                     flow.broken = true;
                     tracing::warn!(flow = %flow.id, "transmit channel broken: {e}");
+                    self.tx_idle.swap_remove(i);
+                    continue;
                 }
             }
+            i += 1;
         }
+        self.tx_scan_at = i;
     }
 
     fn transmit(&mut self, now_ns: u64) -> (usize, Option<u64>) {
@@ -663,6 +767,17 @@ impl<P: Port> Datapath<P> {
                 Pick::Idle => break,
             }
         }
+        self.tx_saturated = budget == 0;
+        // The apps' buffers are copied out: hand them back, one batch per flow.
+        for slot in self.tx_touched.drain(..) {
+            let Some(flow) = self.flows.get_mut(slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            if let Err(e) = flow.tx.release_batch(&flow.tx_done) {
+                tracing::debug!(flow = %flow.id, "release failed: {e}");
+            }
+            flow.tx_done.clear();
+        }
         let sent = if self.staged.is_empty() {
             0
         } else {
@@ -680,10 +795,33 @@ impl<P: Port> Datapath<P> {
         let Some(flow) = self.flows.get_mut(slot as usize).and_then(Option::as_mut) else {
             return;
         };
-        let rec = match flow.tx.pop() {
+        let popped = match flow.tx_ahead.pop_front() {
+            Some(rec) => Ok(Some(rec)),
+            None => {
+                // A batch of the app's iorecs; invalid ones are skipped, each counted and logged.
+                let mut recs = [IoRec::default(); AHEAD];
+                let invalid_before = flow.tx.counters().invalid_iorecs();
+                let popped = flow.tx.pop_batch(&mut recs);
+                let invalid = flow.tx.counters().invalid_iorecs() - invalid_before;
+                for _ in 0..invalid {
+                    flow.counters.invalid_iorecs += 1;
+                    self.drop_log.record(Some(id), DropReason::InvalidIoRec, 0);
+                }
+                match popped {
+                    Ok(0) if invalid > 0 => return,
+                    Ok(k) => {
+                        flow.tx_ahead.extend(recs.iter().take(k).skip(1));
+                        Ok((k > 0).then_some(recs[0]))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let rec = match popped {
             Ok(Some(rec)) => rec,
             Ok(None) => {
                 flow.backlogged = false;
+                self.tx_idle.push(slot);
                 let _ = self.sched.set_backlogged(id.0, false, now_ns);
                 return;
             }
@@ -718,9 +856,11 @@ impl<P: Port> Datapath<P> {
             template::check(&flow.template, frame.bytes(), self.config.max_frame_bytes)?;
             Ok(Some(frame))
         });
-        if let Err(e) = flow.tx.release(rec) {
-            tracing::debug!(flow = %id, "release failed: {e}");
+        // Handed back at the end of the poll (`transmit`), with the flow's other iorecs.
+        if flow.tx_done.is_empty() {
+            self.tx_touched.push(slot);
         }
+        flow.tx_done.push(rec);
         match staged {
             Ok(Some(frame)) => {
                 flow.counters.tx_packets += 1;
@@ -1077,5 +1217,159 @@ mod tests {
         let s = tcp_segment(&f).unwrap();
         assert_eq!((s.seq, s.ack, s.len, s.flags), (1, 2, 3, TcpSeen::ACK));
         assert!(seq_after(1, u32::MAX) && !seq_after(u32::MAX, 1));
+    }
+
+    /// A data path with `n` bound UDP flows on ports 7000.. (ids 1..=n), `slots` buffers each way.
+    fn udp_flows(n: u16, slots: u32) -> (Datapath<MemPort>, MemPeer, Vec<AppEnds>) {
+        let (port, peer) = MemPort::new(HOST_MAC);
+        let mut dp = Datapath::new(
+            port,
+            DatapathConfig {
+                rate_bps: 10_000_000_000,
+                reserve_ppm: 20_000,
+                max_frame_bytes: 1514,
+                burst: 32,
+                drop_log_entries: 100,
+                subnet_broadcast: Ipv4Addr::new(10, 77, 0, 255),
+                port_name: "mem0".into(),
+            },
+        )
+        .unwrap();
+        dp.set_lookahead_ns(1_000_000);
+        let mut apps = Vec::new();
+        for i in 0..n {
+            let local = SocketAddrV4::new(*HOST.ip(), 7000 + i);
+            let (app, fds) = flow_channels(&spec(slots), &spec(slots)).unwrap();
+            dp.install(
+                FlowId(u32::from(i) + 1),
+                Filter::Bound {
+                    proto: ip_proto::UDP,
+                    local,
+                    broadcast: false,
+                },
+                Template {
+                    src_mac: HOST_MAC,
+                    kind: TemplateKind::Ipv4 {
+                        src: *HOST.ip(),
+                        proto: ip_proto::UDP,
+                        src_port: local.port(),
+                        dst: None,
+                    },
+                },
+                Qos::BEST_EFFORT,
+                &spec(slots),
+                &spec(slots),
+                fds,
+                0,
+            )
+            .unwrap();
+            apps.push(app);
+        }
+        (dp, peer, apps)
+    }
+
+    fn udp(from: (SocketAddrV4, [u8; 6]), to: (SocketAddrV4, [u8; 6]), seq: u32) -> Vec<u8> {
+        nemflow_testkit::frames::UdpFrame {
+            src_mac: from.1,
+            dst_mac: to.1,
+            ..nemflow_testkit::frames::UdpFrame::new(from.0, to.0, &seq.to_be_bytes())
+        }
+        .build()
+    }
+
+    fn seq_of(frame: &[u8]) -> u32 {
+        let p = &frame[frame.len() - 4..];
+        u32::from_be_bytes([p[0], p[1], p[2], p[3]])
+    }
+
+    #[test]
+    fn batched_channels_keep_order_and_hand_buffers_back_every_poll() {
+        let (mut dp, peer, mut apps) = udp_flows(1, 64);
+        let app = &mut apps[0];
+        let local = SocketAddrV4::new(*HOST.ip(), 7000);
+        // Receive: 100 frames, 40 a round (more than a burst), drained between polls.
+        let mut got = Vec::new();
+        for round in 0..3u32 {
+            for k in 0..40u32 {
+                let seq = round * 40 + k;
+                if seq < 100 {
+                    peer.inject(udp((PEER, PEER_MAC), (local, HOST_MAC), seq));
+                }
+            }
+            for t in 0..2u64 {
+                dp.poll(u64::from(round) * 10 + t);
+                while let Some(p) = app.rx.pop().unwrap() {
+                    got.push(seq_of(app.rx.payload(&p)));
+                    app.rx.repost(p).unwrap();
+                }
+            }
+        }
+        assert_eq!(got, (0..100).collect::<Vec<_>>(), "every frame, in order");
+        // Transmit: 40 frames queued; a poll sends a burst and, by its end, has handed every
+        // buffer it copied back to the app.
+        app.tx.reclaim().unwrap();
+        let mut recs = Vec::new();
+        for seq in 0..40u32 {
+            let frame = udp((local, HOST_MAC), (PEER, PEER_MAC), seq);
+            let ext = app.tx.alloc(frame.len()).unwrap().unwrap();
+            app.tx.buf_mut(ext).unwrap().copy_from_slice(&frame);
+            recs.push(IoRec::single(ext, 0));
+        }
+        assert_eq!(app.tx.push_batch(&recs).unwrap(), 40);
+        let w = dp.poll(1_000);
+        assert_eq!(w.sent, 32);
+        assert_eq!(
+            app.tx.reclaim().unwrap(),
+            32,
+            "the burst's buffers are back"
+        );
+        let w = dp.poll(2_000);
+        assert_eq!(w.sent, 8);
+        assert_eq!(app.tx.reclaim().unwrap(), 8);
+        let sent: Vec<u32> = peer.take_sent().iter().map(|f| seq_of(f)).collect();
+        assert_eq!(sent, (0..40).collect::<Vec<_>>());
+        let st = &dp.flow_stats(None).unwrap()[0];
+        assert_eq!((st.rx_packets, st.tx_packets), (100, 40));
+    }
+
+    #[test]
+    fn a_flow_that_starts_sending_under_receive_load_is_found_within_a_sweep() {
+        let flows = 200u16;
+        let (mut dp, peer, mut apps) = udp_flows(flows, 16);
+        let busy = SocketAddrV4::new(*HOST.ip(), 7000);
+        let last = SocketAddrV4::new(*HOST.ip(), 7000 + flows - 1);
+        let frame = udp((last, HOST_MAC), (PEER, PEER_MAC), 7);
+        let app = &mut apps[usize::from(flows) - 1];
+        let ext = app.tx.alloc(frame.len()).unwrap().unwrap();
+        app.tx.buf_mut(ext).unwrap().copy_from_slice(&frame);
+        app.tx.push(IoRec::single(ext, 0)).unwrap();
+        // Every poll meets a full receive burst: the idle flows are looked at 64 per poll.
+        let bound = usize::from(flows).div_ceil(SCAN_WHEN_BUSY) + 1;
+        let mut polls = 0;
+        while peer.take_sent().is_empty() {
+            assert!(polls < bound, "not sent within {bound} busy polls");
+            for seq in 0..40 {
+                peer.inject(udp((PEER, PEER_MAC), (busy, HOST_MAC), seq));
+            }
+            let w = dp.poll(polls as u64 * 1_000);
+            assert!(w.received == 32 || w.sent == 1);
+            polls += 1;
+            while let Some(p) = apps[0].rx.pop().unwrap() {
+                apps[0].rx.repost(p).unwrap();
+            }
+        }
+        // Idle, one poll looks at every flow.
+        let app = &mut apps[1];
+        let frame = udp(
+            (SocketAddrV4::new(*HOST.ip(), 7001), HOST_MAC),
+            (PEER, PEER_MAC),
+            8,
+        );
+        let ext = app.tx.alloc(frame.len()).unwrap().unwrap();
+        app.tx.buf_mut(ext).unwrap().copy_from_slice(&frame);
+        app.tx.push(IoRec::single(ext, 0)).unwrap();
+        while dp.poll(1_000_000).received > 0 {}
+        let w = dp.poll(2_000_000);
+        assert!(w.sent == 1 || !peer.take_sent().is_empty());
     }
 }

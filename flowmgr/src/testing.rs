@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nemflow_proto::ctl::{DriverReply, DriverRequest, ErrorKind, FlowStats, PortInfo};
 use nemflow_proto::flow::{Filter, FlowId, Qos, Template};
 use nemflow_proto::wire::{self, Decoder, WireError};
-use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, CHANNEL_FDS};
+use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, FdSource, CHANNEL_FDS};
 
 /// MAC the fake port reports.
 pub const FAKE_PORT_MAC: [u8; 6] = [0x02, 0x4e, 0x46, 0x00, 0x00, 0x01];
@@ -265,8 +265,8 @@ fn handle(
                 let tx_fds = ChannelFds::from_vec(fds)?;
                 let rx_fds = ChannelFds::from_vec(rx_fds)?;
                 Ok(Ends {
-                    tx: tmm::Consumer::attach(&tx, tx_fds)?,
-                    rx: rmm::Producer::attach(&rx, rx_fds)?,
+                    tx: tmm::Consumer::attach_from(&tx, tx_fds, FdSource::Creator)?,
+                    rx: rmm::Producer::attach_from(&rx, rx_fds, FdSource::Creator)?,
                 })
             };
             match attach() {

@@ -104,21 +104,30 @@ pub fn create(spec: &ChannelSpec) -> Result<ChannelFds> {
         region::create_sealed_memfd("nemflow-rbuf-data", spec.data_bytes, spec.hugetlb)?;
     let (control, _) =
         region::create_sealed_memfd("nemflow-rbuf-control", spec.control_bytes(), false)?;
-    {
-        let map = Mapping::map(&control, spec.control_bytes(), true)?;
-        // SAFETY: the mapping is at least HEADER_BYTES long (control_bytes includes the header),
-        // page-aligned (so aligned for the header), and ControlHeader is made of atomics only, for
-        // which the zero bytes of a fresh memfd are valid values.
-        let hdr = unsafe { map.ptr().cast::<ControlHeader>().as_ref() };
-        hdr.version_slots.store(
+    // The header goes in with one pwrite, before anyone else holds the fd (passing it over a
+    // socket orders it before the receiver's mapping). No mapping here: an mmap/munmap pair costs
+    // ~5 µs, and the munmap a TLB shoot-down IPI in a multi-threaded flow manager.
+    let mut hdr = [0u8; HEADER_INIT_BYTES];
+    for (offset, value) in [
+        (std::mem::offset_of!(ControlHeader, magic), MAGIC),
+        (
+            std::mem::offset_of!(ControlHeader, version_slots),
             u64::from(VERSION) | u64::from(spec.slots) << 32,
-            Ordering::Relaxed,
-        );
-        hdr.data_bytes.store(spec.data_bytes, Ordering::Relaxed);
-        hdr.max_packet_bytes
-            .store(u64::from(spec.max_packet_bytes), Ordering::Relaxed);
-        // Release: the geometry above is written before the magic that marks the header complete.
-        hdr.magic.store(MAGIC, Ordering::Release);
+        ),
+        (
+            std::mem::offset_of!(ControlHeader, data_bytes),
+            spec.data_bytes,
+        ),
+        (
+            std::mem::offset_of!(ControlHeader, max_packet_bytes),
+            u64::from(spec.max_packet_bytes),
+        ),
+    ] {
+        hdr[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+    let n = rustix::io::pwrite(&control, &hdr, 0).map_err(|e| Error::os("pwrite header", e))?;
+    if n != hdr.len() {
+        return Err(Error::FdPass("short write of the control header"));
     }
     let ev = || {
         rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
@@ -130,6 +139,26 @@ pub fn create(spec: &ChannelSpec) -> Result<ChannelFds> {
         prod_event: ev()?,
         cons_event: ev()?,
     })
+}
+
+/// The four geometry words at the start of [`ControlHeader`] (magic, version and slots, data
+/// bytes, packet limit): what `create` writes; the rest of the area starts zeroed.
+const HEADER_INIT_BYTES: usize = 32;
+const _: () =
+    assert!(std::mem::offset_of!(ControlHeader, max_packet_bytes) + 8 == HEADER_INIT_BYTES);
+
+/// Where an endpoint's fds come from, which decides how closely attaching checks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdSource {
+    /// Anyone, e.g. an application: every fd is checked exactly (memfds: seals and size;
+    /// eventfds: by their `/proc/self/fd` link).
+    Any,
+    /// The channel's creator, trusted and reached over a socket only it can write (the driver
+    /// receiving from the flow manager over its root-only control socket). The memfds are still
+    /// checked (seals and size: mapping a short one would fault later); the eventfds only by
+    /// `fstat` (an anonymous-inode file), which saves a `/proc` lookup of ~3 µs per eventfd.
+    /// The shared memory itself stays hostile either way: the peer is an application.
+    Creator,
 }
 
 /// Which half of the channel an endpoint is: the data's producer or its consumer.
@@ -159,12 +188,17 @@ impl Core {
         fds: ChannelFds,
         side: Side,
         data_writable: bool,
+        source: FdSource,
     ) -> Result<(Self, Waker)> {
         spec.validate()?;
         region::check_region("data", fds.data.as_fd(), spec.data_bytes)?;
         region::check_region("control", fds.control.as_fd(), spec.control_bytes())?;
-        region::check_eventfd("producer event", fds.prod_event.as_fd())?;
-        region::check_eventfd("consumer event", fds.cons_event.as_fd())?;
+        let check_event = match source {
+            FdSource::Any => region::check_eventfd,
+            FdSource::Creator => region::check_anon_inode,
+        };
+        check_event("producer event", fds.prod_event.as_fd())?;
+        check_event("consumer event", fds.cons_event.as_fd())?;
         let control = Mapping::map(&fds.control, spec.control_bytes(), true)?;
         let data = Mapping::map(&fds.data, spec.data_bytes, data_writable)?;
         // SAFETY: as in `create`: the mapping holds the header, is page-aligned, and every field
@@ -338,7 +372,9 @@ fn check_header(hdr: &ControlHeader, spec: &ChannelSpec) -> Result<()> {
             })
         }
     };
-    // Acquire: pairs with the Release store of the magic in `create`.
+    // `create` wrote the header (pwrite) before the fd left its process; the socket that carried
+    // the fd orders that write before this read. Acquire costs nothing here and keeps the read
+    // ordered before the slot reads even if a future creator writes through a mapping.
     expect("magic", hdr.magic.load(Ordering::Acquire), MAGIC)?;
     expect(
         "version_slots",

@@ -20,7 +20,9 @@
 //! # Trust
 //! Each side treats the other as hostile. Attaching checks every fd (a memfd sealed with
 //! `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, of the size the trusted spec implies; eventfds are
-//! eventfds). Each side keeps its own indices privately, reads the peer's index once (Acquire) and
+//! eventfds, by their `/proc/self/fd` link). An endpoint whose fds come from the channel's
+//! trusted creator over a socket only it can write (the driver, from the flow manager) may attach
+//! with [`FdSource::Creator`]: the memfd checks stay, the eventfds are only checked by `fstat`. Each side keeps its own indices privately, reads the peer's index once (Acquire) and
 //! rejects a backward move or a jump past what is possible ([`IndexError`]: the channel is then
 //! marked broken). Each iorec is copied out of shared memory once into a plain [`IoRec`] and
 //! validated (count, bounds with overflow-checked arithmetic, length); a master also checks that
@@ -113,7 +115,7 @@ pub mod spec;
 pub mod testing;
 pub mod tmm;
 
-pub use channel::{create, ChannelFds, CHANNEL_FDS};
+pub use channel::{create, ChannelFds, FdSource, CHANNEL_FDS};
 pub use counters::Counters;
 pub use error::{Error, FifoId, IndexError, IoRecError, RegionError, Result};
 pub use iorec::{Extent, IoRec, Limits, MAX_EXTENTS, SLOT_BYTES};

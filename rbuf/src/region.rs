@@ -62,7 +62,8 @@ pub fn check_region(region: &'static str, fd: BorrowedFd<'_>, expected: u64) -> 
     Ok(())
 }
 
-/// Checks that `fd` is an eventfd (by its `/proc/self/fd` link, `anon_inode:[eventfd]`).
+/// Checks that `fd` is an eventfd (by its `/proc/self/fd` link, `anon_inode:[eventfd]`): exact,
+/// for fds from a party that is not trusted to have made them.
 pub fn check_eventfd(which: &'static str, fd: BorrowedFd<'_>) -> Result<()> {
     use std::os::fd::AsRawFd;
     let link = rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new())
@@ -72,6 +73,39 @@ pub fn check_eventfd(which: &'static str, fd: BorrowedFd<'_>) -> Result<()> {
         return Err(RegionError::NotEventfd { which, what: link }.into());
     }
     Ok(())
+}
+
+/// Checks, with one `fstat`, that `fd` is an anonymous-inode file (the inode every eventfd of
+/// this kernel shares; also epoll, timerfd and signalfd fds, which `fstat` cannot tell apart).
+/// Enough for fds whose creator is trusted ([`crate::channel::FdSource::Creator`]): it rules out
+/// pipes, sockets, memfds and files, and costs ~0.3 µs where the `/proc` lookup of
+/// [`check_eventfd`] costs ~3 µs.
+pub fn check_anon_inode(which: &'static str, fd: BorrowedFd<'_>) -> Result<()> {
+    let st = rustix::fs::fstat(fd).map_err(|e| Error::os("fstat", e))?;
+    let reference = anon_inode().map_err(|e| Error::os("eventfd", e))?;
+    if (st.st_dev, st.st_ino) != reference {
+        return Err(RegionError::NotEventfd {
+            which,
+            what: format!(
+                "not an anonymous-inode file (mode {:#o}, inode {})",
+                st.st_mode, st.st_ino
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Device and inode number of the kernel's shared anonymous inode, learnt once from an eventfd
+/// this process makes and closes.
+fn anon_inode() -> rustix::io::Result<(rustix::fs::Dev, u64)> {
+    static INODE: std::sync::OnceLock<(rustix::fs::Dev, u64)> = std::sync::OnceLock::new();
+    if let Some(i) = INODE.get() {
+        return Ok(*i);
+    }
+    let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
+    let st = rustix::fs::fstat(&fd)?;
+    Ok(*INODE.get_or_init(|| (st.st_dev, st.st_ino)))
 }
 
 /// Reopens `fd` through `/proc/self/fd` read-only: what a receiving side is given for its data area.

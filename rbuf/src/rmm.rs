@@ -10,7 +10,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-use crate::channel::{ChannelFds, Core, Side};
+use crate::channel::{ChannelFds, Core, FdSource, Side};
 use crate::counters::Counters;
 use crate::error::{Error, Result};
 use crate::event::Waker;
@@ -60,9 +60,15 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Attaches from the channel's fds (a read-only data fd suffices) and the trusted spec.
+    /// Attaches from the channel's fds (a read-only data fd suffices) and the trusted spec., checking every
+    /// fd exactly ([`FdSource::Any`]).
     pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
-        let (core, waker) = Core::attach(spec, fds, Side::Consumer, false)?;
+        Self::attach_from(spec, fds, FdSource::Any)
+    }
+
+    /// [`attach`](Self::attach), checking the fds as fits where they came from.
+    pub fn attach_from(spec: &ChannelSpec, fds: ChannelFds, source: FdSource) -> Result<Self> {
+        let (core, waker) = Core::attach(spec, fds, Side::Consumer, false, source)?;
         Ok(Consumer {
             empty: ProdCursor::new(core.empty, 0),
             full: ConsCursor::new(core.full, 0),
@@ -268,9 +274,15 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Attaches from the channel's fds (data fd read-write) and the trusted spec.
+    /// Attaches from the channel's fds (data fd read-write) and the trusted spec., checking every
+    /// fd exactly ([`FdSource::Any`]).
     pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
-        let (core, waker) = Core::attach(spec, fds, Side::Producer, true)?;
+        Self::attach_from(spec, fds, FdSource::Any)
+    }
+
+    /// [`attach`](Self::attach), checking the fds as fits where they came from.
+    pub fn attach_from(spec: &ChannelSpec, fds: ChannelFds, source: FdSource) -> Result<Self> {
+        let (core, waker) = Core::attach(spec, fds, Side::Producer, true, source)?;
         Ok(Producer {
             empty: ConsCursor::new(core.empty, 0),
             full: ProdCursor::new(core.full, 0),

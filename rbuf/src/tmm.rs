@@ -9,7 +9,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-use crate::channel::{ChannelFds, Core, Side};
+use crate::channel::{ChannelFds, Core, FdSource, Side};
 use crate::counters::Counters;
 use crate::error::{Error, Result};
 use crate::event::Waker;
@@ -33,9 +33,15 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Attaches from the channel's fds (data fd read-write) and the trusted spec.
+    /// Attaches from the channel's fds (data fd read-write) and the trusted spec., checking every
+    /// fd exactly ([`FdSource::Any`]).
     pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
-        let (core, waker) = Core::attach(spec, fds, Side::Producer, true)?;
+        Self::attach_from(spec, fds, FdSource::Any)
+    }
+
+    /// [`attach`](Self::attach), checking the fds as fits where they came from.
+    pub fn attach_from(spec: &ChannelSpec, fds: ChannelFds, source: FdSource) -> Result<Self> {
+        let (core, waker) = Core::attach(spec, fds, Side::Producer, true, source)?;
         Ok(Producer {
             full: ProdCursor::new(core.full, 0),
             empty: ConsCursor::new(core.empty, 0),
@@ -283,9 +289,15 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Attaches from the channel's fds (the data fd may be read-only) and the trusted spec.
+    /// Attaches from the channel's fds (the data fd may be read-only) and the trusted spec., checking every
+    /// fd exactly ([`FdSource::Any`]).
     pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
-        let (core, waker) = Core::attach(spec, fds, Side::Consumer, false)?;
+        Self::attach_from(spec, fds, FdSource::Any)
+    }
+
+    /// [`attach`](Self::attach), checking the fds as fits where they came from.
+    pub fn attach_from(spec: &ChannelSpec, fds: ChannelFds, source: FdSource) -> Result<Self> {
+        let (core, waker) = Core::attach(spec, fds, Side::Consumer, false, source)?;
         Ok(Consumer {
             full: ConsCursor::new(core.full, 0),
             empty: ProdCursor::new(core.empty, 0),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use nemflow_rbuf::testing::{IndexWord, RawControl};
 use nemflow_rbuf::{
-    create, rmm, tmm, ChannelFds, ChannelSpec, Error, Extent, FifoId, IoRec, IoRecError,
-    RegionError,
+    create, rmm, tmm, ChannelFds, ChannelSpec, Error, Extent, FdSource, FifoId, IoRec,
+    IoRecError, RegionError,
 };
 use rustix::fs::{MemfdFlags, SealFlags};
 
@@ -109,6 +109,56 @@ fn refuses_what_is_not_a_sealed_memfd_of_the_right_size() {
         create(&ChannelSpec { slots: 12, ..spec }),
         Err(Error::InvalidSpec(_))
     ));
+}
+
+/// Fds from the trusted creator: the eventfds are recognised by `fstat` alone, the memfds are
+/// still checked as closely as ever.
+#[test]
+fn fds_from_the_creator_are_checked_more_cheaply_but_still_checked() {
+    let spec = spec();
+    let fds = create(&spec).unwrap();
+    let from = |f: ChannelFds| tmm::Consumer::attach_from(&spec, f, FdSource::Creator);
+    from(fds.with_read_only_data().unwrap()).unwrap();
+    rmm::Producer::attach_from(&spec, fds.try_clone().unwrap(), FdSource::Creator).unwrap();
+    // Not an anonymous-inode file where an eventfd belongs: refused.
+    let mut f = fds.try_clone().unwrap();
+    f.prod_event = rustix::pipe::pipe().unwrap().0;
+    assert!(matches!(
+        from(f),
+        Err(Error::Region(RegionError::NotEventfd {
+            which: "producer event",
+            ..
+        }))
+    ));
+    let mut f = fds.try_clone().unwrap();
+    f.cons_event = memfd(4096, SealFlags::empty());
+    assert!(matches!(
+        from(f),
+        Err(Error::Region(RegionError::NotEventfd { .. }))
+    ));
+    // The memfd checks are the same as for anyone's fds.
+    let all = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+    assert!(matches!(
+        from(with_data(&fds, memfd(spec.data_bytes / 2, all))),
+        Err(Error::Region(RegionError::WrongSize { .. }))
+    ));
+    assert!(matches!(
+        from(with_data(&fds, memfd(spec.data_bytes, SealFlags::empty()))),
+        Err(Error::Region(RegionError::NotSealed { .. }))
+    ));
+    // An epoll fd shares the eventfds' anonymous inode: only the exact check tells them apart,
+    // which is why fds from anyone but the creator get it.
+    let mut f = fds.with_read_only_data().unwrap();
+    f.cons_event =
+        rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).unwrap();
+    let epoll = f.cons_event.try_clone().unwrap();
+    assert!(matches!(
+        tmm::Consumer::attach(&spec, f),
+        Err(Error::Region(RegionError::NotEventfd { .. }))
+    ));
+    let mut f = fds.with_read_only_data().unwrap();
+    f.cons_event = epoll;
+    assert!(from(f).is_ok(), "fstat cannot tell an epoll fd from an eventfd");
 }
 
 #[test]
