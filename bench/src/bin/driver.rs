@@ -137,6 +137,8 @@ const LOOKAHEAD_NS: u64 = 2_000_000;
 const RX_LEN: usize = 60;
 /// Flags of an SP/SC `rte_ring` (`RING_F_SP_ENQ | RING_F_SC_DEQ`; macros, not in the bindings).
 const RING_SP_SC: u32 = 0x0001 | 0x0002;
+/// A poll longer than this (TSC cycles, ~100 µs) was preempted: not counted as busy time.
+const BUSY_POLL_MAX_CYCLES: u64 = 260_000;
 
 /// Set by SIGINT/SIGTERM: every loop checks it and unwinds through the normal clean-up.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -381,6 +383,13 @@ struct Window {
     /// Receive: frames the port handed over; dropped for want of a buffer.
     port_rx: u64,
     dropped: u64,
+    /// Polls of the measured loop, and those that found nothing to do (the data path was
+    /// waiting for its app or generator, not saturated).
+    polls: u64,
+    idle_polls: u64,
+    /// TSC cycles spent in polls that moved frames (polls longer than
+    /// [`BUSY_POLL_MAX_CYCLES`], i.e. preempted, left out).
+    busy_cycles: u64,
 }
 
 impl Window {
@@ -395,6 +404,15 @@ impl Window {
 
     fn cpu_share(&self) -> f64 {
         self.cpu.as_secs_f64() / self.wall.as_secs_f64()
+    }
+
+    /// TSC cycles per frame in the polls that moved frames.
+    fn busy_cycles_per_frame(&self) -> f64 {
+        self.busy_cycles as f64 / self.packets.max(1) as f64
+    }
+
+    fn idle_share(&self) -> f64 {
+        self.idle_polls as f64 / self.polls.max(1) as f64
     }
 }
 
@@ -452,42 +470,53 @@ fn tx_app(mut apps: Vec<AppEnds>, len: usize, ctl: Arc<Ctl>) -> Res<(Vec<AppEnds
     Ok((apps, pushed))
 }
 
-/// Polls the data path for `seconds` after a warm-up; counts what the port sent.
-fn tx_window<P: Port>(dp: &mut Datapath<P>, clock: Clock, seconds: f64) -> Res<Window> {
+/// Polls the data path for `seconds` after a warm-up, as the driver's loop does (without its
+/// control socket and telemetry); counts polls that found nothing to do.
+fn poll_window<P: Port>(
+    dp: &mut Datapath<P>,
+    clock: Clock,
+    seconds: f64,
+) -> Res<(Duration, Duration, u64, u64, u64)> {
     let warm = Instant::now() + WARMUP;
     while Instant::now() < warm {
         dp.poll(clock.ns());
     }
     interrupted()?;
-    let s0 = dp.port().stats();
     let c0 = thread_cpu();
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(seconds);
-    let (mut polls, mut sent, mut waits, mut last_wait) = (0u64, 0u64, 0u64, (0u64, 0u64));
+    let (mut polls, mut idle, mut busy) = (0u64, 0u64, 0u64);
     loop {
         let now = Instant::now();
         if now >= end || INTERRUPTED.load(Ordering::Relaxed) {
             break;
         }
+        let b = rdtsc();
         let w = dp.poll(clock.ns_at(now));
+        let dt = rdtsc().wrapping_sub(b);
         polls += 1;
-        sent += w.sent as u64;
-        if let Some(t) = w.wait_until_ns {
-            waits += 1;
-            last_wait = (t, clock.ns_at(now));
+        if w.received == 0 && w.sent == 0 {
+            idle += 1;
+        } else if dt < BUSY_POLL_MAX_CYCLES {
+            busy += dt;
         }
     }
-    if std::env::var_os("DRIVER_BENCH_DEBUG").is_some() {
-        eprintln!("    debug: polls {polls} sent {sent} waits {waits} last wait {last_wait:?}");
-    }
     interrupted()?;
-    let wall = t0.elapsed();
-    let cpu = thread_cpu() - c0;
+    Ok((t0.elapsed(), thread_cpu() - c0, polls, idle, busy))
+}
+
+/// Transmit: what the port sent.
+fn tx_window<P: Port>(dp: &mut Datapath<P>, clock: Clock, seconds: f64) -> Res<Window> {
+    let s0 = dp.port().stats();
+    let (wall, cpu, polls, idle, busy) = poll_window(dp, clock, seconds)?;
     let s1 = dp.port().stats();
     Ok(Window {
         packets: s1.tx_packets - s0.tx_packets,
         wall,
         cpu,
+        polls,
+        idle_polls: idle,
+        busy_cycles: busy,
         ..Window::default()
     })
 }
@@ -568,10 +597,12 @@ fn tx_part<P: Port>(
                     apps = back;
                     let t = tp.tx_rate(row.len, args.seconds)?;
                     eprintln!(
-                        "  {port} tx {flows:>4} flows {:>4} B run {run}: nemflow {:.3} Mpps (cpu {:.0} %), testpmd {:.3} Mpps (cpu {:.0} %)  [load {}]",
+                        "  {port} tx {flows:>4} flows {:>4} B run {run}: nemflow {:.3} Mpps (cpu {:.0} %, idle polls {:.0} %, {:.0} cycles/frame busy), testpmd {:.3} Mpps (cpu {:.0} %)  [load {}]",
                         row.len,
                         w.mpps(),
                         100.0 * w.cpu_share(),
+                        100.0 * w.idle_share(),
+                        w.busy_cycles_per_frame(),
                         t.mpps(),
                         100.0 * t.cpu_share(),
                         load_average()
@@ -986,27 +1017,11 @@ fn delivered<P: Port>(dp: &Datapath<P>) -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
+/// Receive: what the apps' channels got, what the port handed over, what was dropped.
 fn rx_window<P: Port>(dp: &mut Datapath<P>, clock: Clock, seconds: f64) -> Res<Window> {
-    let warm = Instant::now() + WARMUP;
-    while Instant::now() < warm {
-        dp.poll(clock.ns());
-    }
-    interrupted()?;
     let (d0, x0) = delivered(dp);
     let p0 = dp.port().stats().rx_packets;
-    let c0 = thread_cpu();
-    let t0 = Instant::now();
-    let end = t0 + Duration::from_secs_f64(seconds);
-    loop {
-        let now = Instant::now();
-        if now >= end || INTERRUPTED.load(Ordering::Relaxed) {
-            break;
-        }
-        dp.poll(clock.ns_at(now));
-    }
-    interrupted()?;
-    let wall = t0.elapsed();
-    let cpu = thread_cpu() - c0;
+    let (wall, cpu, polls, idle, busy) = poll_window(dp, clock, seconds)?;
     let (d1, x1) = delivered(dp);
     Ok(Window {
         packets: d1 - d0,
@@ -1014,6 +1029,9 @@ fn rx_window<P: Port>(dp: &mut Datapath<P>, clock: Clock, seconds: f64) -> Res<W
         cpu,
         port_rx: dp.port().stats().rx_packets - p0,
         dropped: x1 - x0,
+        polls,
+        idle_polls: idle,
+        busy_cycles: busy,
     })
 }
 
@@ -1037,9 +1055,18 @@ fn rxonly_window(port_id: u16, seconds: f64) -> Res<Window> {
     let c0 = thread_cpu();
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(seconds);
-    let mut packets = 0;
+    let (mut packets, mut polls, mut idle, mut busy) = (0, 0, 0, 0);
     while Instant::now() < end && !INTERRUPTED.load(Ordering::Relaxed) {
-        packets += burst();
+        let b = rdtsc();
+        let n = burst();
+        let dt = rdtsc().wrapping_sub(b);
+        packets += n;
+        polls += 1;
+        if n == 0 {
+            idle += 1;
+        } else if dt < BUSY_POLL_MAX_CYCLES {
+            busy += dt;
+        }
     }
     interrupted()?;
     let wall = t0.elapsed();
@@ -1055,6 +1082,9 @@ fn rxonly_window(port_id: u16, seconds: f64) -> Res<Window> {
         cpu,
         port_rx: packets,
         dropped: 0,
+        polls,
+        idle_polls: idle,
+        busy_cycles: busy,
     })
 }
 
@@ -1121,13 +1151,17 @@ fn rx_part<'e>(
                 apps = ap;
                 drain(dp, clock);
                 eprintln!(
-                    "  rx {flows:>4} flows run {run}: nemflow {:.3} Mpps delivered ({:.3} per core, port {:.3} Mpps, {} dropped), rxonly {:.3} Mpps ({:.3} per core)  [load {}]",
+                    "  rx {flows:>4} flows run {run}: nemflow {:.3} Mpps delivered ({:.3} per core, idle polls {:.0} %, {:.0} cycles/frame busy, port {:.3} Mpps, {} dropped), rxonly {:.3} Mpps ({:.3} per core, idle polls {:.0} %, {:.0} cycles/frame busy)  [load {}]",
                     w.mpps(),
                     w.mpps_per_core(),
+                    100.0 * w.idle_share(),
+                    w.busy_cycles_per_frame(),
                     w.port_rx as f64 / w.wall.as_secs_f64() / 1e6,
                     w.dropped,
                     a.mpps(),
                     a.mpps_per_core(),
+                    100.0 * a.idle_share(),
+                    a.busy_cycles_per_frame(),
                     load_average()
                 );
                 row.nemflow.push(w);
