@@ -453,6 +453,7 @@ impl<P: Port> Datapath<P> {
             rx_nombuf: s.rx_nombuf,
             drops,
             flows: self.by_id.len() as u32,
+            mbufs_in_use: self.port.buffers_in_use().unwrap_or(0),
         }
     }
 

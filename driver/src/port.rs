@@ -62,6 +62,11 @@ pub trait Port {
 
     /// Counters.
     fn stats(&self) -> PortStats;
+
+    /// Packet buffers in use now, when the port has a pool.
+    fn buffers_in_use(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl Frame for Mbuf<'_> {
@@ -105,6 +110,10 @@ impl<'eal> Port for EthPort<'eal> {
 
     fn stats(&self) -> PortStats {
         EthPort::stats(self)
+    }
+
+    fn buffers_in_use(&self) -> Option<u32> {
+        Some(self.pool().in_use())
     }
 }
 

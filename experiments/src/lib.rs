@@ -19,3 +19,4 @@ pub mod receive;
 pub mod report;
 pub mod run;
 pub mod series;
+pub mod soak;

@@ -65,3 +65,24 @@ fn fig6_rates_short() {
 fn fig7_rates_short() {
     short("7", 8.0);
 }
+
+#[test]
+fn soak_rates_short() {
+    nemflow_testkit::require_root();
+    let out = tempfile::tempdir().unwrap();
+    let opts = nemflow_experiments::soak::SoakOptions {
+        duration: std::time::Duration::from_secs(20),
+        window: std::time::Duration::from_secs(10),
+        rate_bps: 100_000_000,
+    };
+    let run = RunOptions {
+        out: out.path().to_path_buf(),
+        capture: None,
+        progress: false,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let summary = nemflow_experiments::soak::soak(&opts, &run).unwrap();
+    let table = summary.table();
+    eprintln!("{table}");
+    assert!(summary.pass, "the soak failed its criteria:\n{table}");
+}

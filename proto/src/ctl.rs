@@ -237,6 +237,9 @@ pub struct PortInfo {
     pub drops: Vec<(String, u64)>,
     /// Flows installed.
     pub flows: u32,
+    /// Packet buffers (mbufs) of the driver's pool in use now: in the port's rings and in
+    /// flight. Back to its resting level when traffic stops; growing without bound is a leak.
+    pub mbufs_in_use: u32,
 }
 
 /// Counters of one flow.

@@ -18,7 +18,9 @@ use nemflow_experiments::run::RunOptions;
 #[derive(Debug, Parser)]
 #[command(name = "experiments/run", version)]
 struct Args {
-    /// Which experiment: 5a, 5b, 6, 7, or all.
+    /// Which experiment: 5a, 5b, 6, 7, or all; or `soak` (90% of the link reserved across
+    /// eight flows offered twice their share while flows come and go every 100 ms; resources
+    /// must end at their baseline; default 300 s).
     experiment: String,
     /// Length of each run in seconds (default: the definition's).
     #[arg(long)]
@@ -46,6 +48,33 @@ fn main() -> ExitCode {
             eprintln!("experiments/run: cannot handle signal {sig}: {e}");
             return ExitCode::FAILURE;
         }
+    }
+    if args.experiment == "soak" {
+        let opts = nemflow_experiments::soak::SoakOptions {
+            duration: std::time::Duration::from_secs_f64(args.duration.unwrap_or(300.0)),
+            window: std::time::Duration::from_secs(10),
+            rate_bps: args.link_rate.unwrap_or(100_000_000),
+        };
+        let run = RunOptions {
+            out: args.out.join("soak"),
+            capture: None,
+            progress: true,
+            stop: Arc::clone(&stop),
+        };
+        return match nemflow_experiments::soak::soak(&opts, &run) {
+            Ok(summary) => {
+                println!("{}", summary.table());
+                if summary.pass {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("experiments/run: soak failed to run: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let names: Vec<&str> = match args.experiment.as_str() {
         "all" => vec!["5a", "5b", "6", "7"],
