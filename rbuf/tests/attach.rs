@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use nemflow_rbuf::testing::{IndexWord, RawControl};
 use nemflow_rbuf::{
-    create, rmm, tmm, ChannelFds, ChannelSpec, Error, Extent, FdSource, FifoId, IoRec,
-    IoRecError, RegionError,
+    create, rmm, tmm, ChannelFds, ChannelSpec, Error, Extent, FdSource, FifoId, IoRec, IoRecError,
+    RegionError,
 };
 use rustix::fs::{MemfdFlags, SealFlags};
 
@@ -158,7 +158,10 @@ fn fds_from_the_creator_are_checked_more_cheaply_but_still_checked() {
     ));
     let mut f = fds.with_read_only_data().unwrap();
     f.cons_event = epoll;
-    assert!(from(f).is_ok(), "fstat cannot tell an epoll fd from an eventfd");
+    assert!(
+        from(f).is_ok(),
+        "fstat cannot tell an epoll fd from an eventfd"
+    );
 }
 
 #[test]
