@@ -24,7 +24,9 @@
 //! smoltcp gets a transmit buffer only while one is free and no frame waits for FIFO room, so a
 //! burst never outruns the channel (a refused segment stays in smoltcp's buffer and goes on the
 //! next poll, where a dropped one would cost a retransmission timeout). On receive, the window
-//! smoltcp offers is at most what the RX channel holds, so the peer cannot overrun it either.
+//! smoltcp offers is at most half of what the RX channel holds, and the data in flight (hence
+//! the ACKs that can come back at once) at most the other half, so the peer cannot overrun it
+//! either.
 //!
 //! # API
 //! [`TcpStream`] (`std::io::Read`/`Write`, blocking by default, non-blocking and timeouts, and
@@ -59,10 +61,11 @@ pub use smoltcp::socket::tcp::CongestionControl;
 /// Settings of a TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpConfig {
-    /// Receive buffer, bytes (capped at what the RX channel holds: the window never invites
-    /// more than the channel can take).
+    /// Receive buffer, bytes: the most window offered. Capped at half the RX channel's
+    /// buffers' worth of full segments, so the peer's data never overruns the channel.
     pub rx_buffer: usize,
-    /// Send buffer, bytes.
+    /// Send buffer, bytes: the most data in flight. Capped the same way, so the peer's ACKs
+    /// (one per segment at most) never overrun the channel either.
     pub tx_buffer: usize,
     /// Send small segments at once (Nagle's algorithm off), as `TCP_NODELAY`.
     pub nodelay: bool,
@@ -95,9 +98,13 @@ impl Default for TcpConfig {
             connect_timeout: Duration::from_secs(10),
             linger: Duration::from_secs(2),
             qos: Qos::BEST_EFFORT,
-            // The flow manager's default channels (made ahead of time: a faster set-up);
-            // the receive window is capped at what they hold.
-            buffers: Buffers::default(),
+            // A deep receive channel (the window and the data in flight are capped at half of
+            // it each, see `rx_buffer`); the flow manager's default transmit channel.
+            buffers: Buffers {
+                rx_bytes: 1 << 20,
+                rx_slots: 512,
+                ..Buffers::default()
+            },
         }
     }
 }

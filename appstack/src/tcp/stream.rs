@@ -63,8 +63,14 @@ impl Engine {
         let rx_frames = chan.halves().1.buffers().0;
         let mut dev = ChannelDevice::new(chan, mac);
         let mss = dev.mtu().saturating_sub(TCP_IP_HEADERS).max(536);
-        // The window never invites more than the RX channel holds.
-        let rx_cap = cfg.rx_buffer.min(rx_frames * mss).max(2 * mss);
+        // Nothing the peer sends may find the RX channel full: its data is bounded by the
+        // window we offer, its ACKs by the segments we have in flight (one ACK at most per
+        // segment), and both share the channel. So each gets half of it: the window never
+        // offers more than half the RX buffers' worth of full segments, and the send buffer
+        // (which bounds what is in flight) holds no more than that either.
+        let half = (rx_frames / 2).max(2) * mss;
+        let rx_cap = cfg.rx_buffer.min(half).max(2 * mss);
+        let tx_cap = cfg.tx_buffer.min(half).max(mss);
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = seed;
         let now = smoltcp::time::Instant::now();
@@ -81,7 +87,7 @@ impl Engine {
             .map_err(|_| Error::InvalidSetup("cannot add the default route".into()))?;
         let mut sock = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; rx_cap]),
-            tcp::SocketBuffer::new(vec![0u8; cfg.tx_buffer.max(mss)]),
+            tcp::SocketBuffer::new(vec![0u8; tx_cap]),
         );
         sock.set_nagle_enabled(!cfg.nodelay);
         sock.set_congestion_control(cfg.congestion);
