@@ -11,6 +11,7 @@ use smallvec::smallvec;
 use crate::counters::{ChannelCounters, StackCounters};
 use crate::error::{Error, Result};
 use crate::layer::{Layer, Now, RxBuf, RxPacket, TxDst, TxPacket, Up};
+use crate::liveness::{self, Liveness, PROBE_INTERVAL};
 
 /// Ethernet header bytes (no VLAN tag).
 pub(crate) const ETH_HEADER: usize = 14;
@@ -28,6 +29,8 @@ pub struct FlowChannels {
     /// Iorecs of a datagram that did not fit on the full FIFO yet, in order.
     pending: VecDeque<IoRec>,
     counters: ChannelCounters,
+    /// The flow's connection to the flow manager, watched by the waits (`None`: not watched).
+    liveness: Option<Liveness>,
 }
 
 impl FlowChannels {
@@ -62,6 +65,7 @@ impl FlowChannels {
             max_frame,
             pending: VecDeque::new(),
             counters: ChannelCounters::default(),
+            liveness: None,
         })
     }
 
@@ -100,19 +104,81 @@ impl FlowChannels {
     }
 
     /// Blocks until a frame may be waiting on the RX channel, or `timeout` (`Err(TimedOut)`).
+    /// With a [`Liveness`] set, also wakes when the flow's connection closes, and fails with
+    /// [`Error::Revoked`] once the flow is revoked.
     pub fn wait_rx(&mut self, timeout: Duration) -> Result<()> {
-        match self.rx.wait_ready(timeout) {
-            Err(nemflow_rbuf::Error::Timeout) => Err(Error::TimedOut),
-            r => Ok(r?),
+        let Some(live) = self.liveness.as_mut() else {
+            return match self.rx.wait_ready(timeout) {
+                Err(nemflow_rbuf::Error::Timeout) => Err(Error::TimedOut),
+                r => Ok(r?),
+            };
+        };
+        live.check()?;
+        if self.rx.prepare_wait()? {
+            return Ok(());
+        }
+        let woke = liveness::poll_with(self.rx.as_fd(), None, Some(live), watched(live, timeout));
+        self.rx.finish_wait();
+        let woke = woke?;
+        live.check()?;
+        if woke || self.rx.ready()? {
+            Ok(())
+        } else {
+            Err(Error::TimedOut)
         }
     }
 
     /// Blocks until the driver made TX progress (room on the FIFO, a buffer back), or `timeout`.
+    /// With a [`Liveness`] set, as [`wait_rx`](Self::wait_rx).
     pub fn wait_tx(&mut self, timeout: Duration) -> Result<()> {
-        match self.tx.wait_ready(timeout) {
-            Err(nemflow_rbuf::Error::Timeout) => Err(Error::TimedOut),
-            r => Ok(r?),
+        let Some(live) = self.liveness.as_mut() else {
+            return match self.tx.wait_ready(timeout) {
+                Err(nemflow_rbuf::Error::Timeout) => Err(Error::TimedOut),
+                r => Ok(r?),
+            };
+        };
+        live.check()?;
+        if self.tx.prepare_wait()? {
+            return Ok(());
         }
+        let woke = liveness::poll_with(self.tx.as_fd(), None, Some(live), watched(live, timeout));
+        self.tx.finish_wait();
+        let woke = woke?;
+        live.check()?;
+        if woke || self.tx.ready()? {
+            Ok(())
+        } else {
+            Err(Error::TimedOut)
+        }
+    }
+
+    /// Ties the flow to its connection to the flow manager: waits watch it, and calls fail
+    /// with [`Error::Revoked`] once the flow is revoked (see [`crate::liveness`]).
+    pub fn set_liveness(&mut self, liveness: Liveness) {
+        self.liveness = Some(liveness);
+    }
+
+    /// The flow's watched connection, if one is set.
+    pub fn liveness(&self) -> Option<&Liveness> {
+        self.liveness.as_ref()
+    }
+
+    /// For event loops: poll this fd too (any events; a hang-up is always reported), then
+    /// call [`check_liveness`](Self::check_liveness). `None` when no connection is watched or
+    /// it already closed.
+    pub fn liveness_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.liveness.as_ref().and_then(Liveness::fd)
+    }
+
+    /// `Err(Revoked)` once the flow is revoked (a system call: the connection is looked at).
+    pub fn check_liveness(&mut self) -> Result<()> {
+        self.liveness.as_mut().map_or(Ok(()), Liveness::check)
+    }
+
+    /// [`check_liveness`](Self::check_liveness) at most once per
+    /// [`crate::liveness::CHECK_INTERVAL`]: for calls that would block in non-blocking mode.
+    pub fn check_liveness_cheap(&mut self) -> Result<()> {
+        self.liveness.as_mut().map_or(Ok(()), Liveness::check_cheap)
     }
 
     /// For event loops (receive): arms the RX eventfd and says whether a frame is already there
@@ -151,6 +217,14 @@ impl FlowChannels {
     /// The RX endpoint's own counters (rbuf's view).
     pub fn rx_channel_counters(&self) -> nemflow_rbuf::Counters {
         self.rx.counters()
+    }
+}
+
+/// How long a watched wait may sleep: an orphaned flow's probe is due every [`PROBE_INTERVAL`].
+fn watched(live: &Liveness, timeout: Duration) -> Duration {
+    match live.fd() {
+        Some(_) => timeout,
+        None => timeout.min(PROBE_INTERVAL),
     }
 }
 

@@ -110,6 +110,16 @@ pub enum Error {
     /// TCP: the connection is closed for sending (after `shutdown`/`close`, or closed by both).
     #[error("connection closed")]
     Closed,
+    /// The flow was revoked: the app's connection to the flow manager closed (the flow manager
+    /// shut down, lost its driver, or was restarted), and with it the flow (`ECONNRESET`). Open
+    /// a new flow once a flow manager runs again.
+    #[error("flow {flow} revoked: {reason}")]
+    Revoked {
+        /// The flow.
+        flow: nemflow_proto::FlowId,
+        /// Why.
+        reason: String,
+    },
     /// A system call failed (the readiness fds: epoll, timerfd).
     #[error("{op}: {source}")]
     Os {
@@ -138,7 +148,7 @@ impl Error {
             Error::Channel(_) | Error::Closed => io::ErrorKind::BrokenPipe,
             Error::FlowManager(e) => io::Error::from_raw_os_error(e.errno()).kind(),
             Error::Refused { .. } => io::ErrorKind::ConnectionRefused,
-            Error::Reset { .. } => io::ErrorKind::ConnectionReset,
+            Error::Reset { .. } | Error::Revoked { .. } => io::ErrorKind::ConnectionReset,
             Error::Os { source, .. } => source.kind(),
             Error::WouldBlock => io::ErrorKind::WouldBlock,
             Error::TimedOut => io::ErrorKind::TimedOut,

@@ -19,6 +19,7 @@ use crate::ethernet::Ethernet;
 use crate::icmp::{IcmpError, IcmpErrorKind, IcmpReport};
 use crate::ipv4::{Ipv4, Ipv4Config, IP_HEADER};
 use crate::layer::{Layer, Now, RxMeta, RxPacket, TxDst, TxPacket, Up};
+use crate::liveness::Liveness;
 use crate::neighbour::{multicast_mac, NeighbourCache, Resolver};
 use crate::udp::{Udp, UDP_HEADER};
 use crate::wait::{self, Mode};
@@ -252,6 +253,26 @@ impl UdpFlow {
         self.mode.write_timeout = timeout;
     }
 
+    /// Ties the flow to the connection that opened it ([`crate::liveness`]): blocking calls
+    /// also wake when it closes, and `send`/`recv` fail with [`Error::Revoked`] once the flow
+    /// is revoked (non-blocking ones notice when they would block). [`crate::apps::open_flow`]
+    /// sets it.
+    pub fn set_liveness(&mut self, liveness: Liveness) {
+        self.chan_mut().set_liveness(liveness);
+    }
+
+    /// For event loops: an fd to poll besides the flow's own ([`AsFd`]), the flow's
+    /// connection, while it is open; when it reports anything, call
+    /// [`check_liveness`](Self::check_liveness).
+    pub fn liveness_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.channels().liveness_fd()
+    }
+
+    /// `Err(Revoked)` once the flow is revoked.
+    pub fn check_liveness(&mut self) -> Result<()> {
+        self.chan_mut().check_liveness()
+    }
+
     /// Replaces the clock used for reassembly timeouts (tests drive time with it).
     pub fn set_clock(&mut self, clock: impl Fn() -> Instant + Send + 'static) {
         self.clock = Box::new(clock);
@@ -428,6 +449,7 @@ impl UdpFlow {
                 }
             }
             if self.mode.nonblocking {
+                self.chan_mut().check_liveness_cheap()?;
                 return Err(Error::WouldBlock);
             }
             wait::wait_tx(self.chan_mut(), deadline, need)?;
@@ -526,6 +548,7 @@ impl UdpFlow {
                 break p;
             }
             if self.mode.nonblocking {
+                self.chan_mut().check_liveness_cheap()?;
                 return Err(Error::WouldBlock);
             }
             wait::wait_rx(self.chan_mut(), deadline)?;
@@ -561,6 +584,7 @@ impl UdpFlow {
         if self.pending_error.is_some() {
             return Ok(true);
         }
+        self.chan_mut().check_liveness_cheap()?;
         self.chan_mut().prepare_wait()
     }
 

@@ -99,6 +99,13 @@ impl From<ClientError> for std::io::Error {
     }
 }
 
+/// The flow manager's socket: `NEMFLOW_FLOWMGR_SOCKET`, or [`DEFAULT_SOCKET`].
+pub fn default_socket() -> PathBuf {
+    std::env::var_os(SOCKET_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
 /// An open flow: what the app stack is built from, and its two channels.
 #[derive(Debug)]
 pub struct Flow {
@@ -144,10 +151,7 @@ pub struct Client {
 impl Client {
     /// Connects to the socket named by `NEMFLOW_FLOWMGR_SOCKET`, or [`DEFAULT_SOCKET`].
     pub fn connect_default() -> Result<Self, ClientError> {
-        let path = std::env::var_os(SOCKET_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-        Self::connect(path)
+        Self::connect(default_socket())
     }
 
     /// Connects to the flow manager at `path` and introduces itself with the program's name.

@@ -3,13 +3,14 @@
 //! gets the flow from the flow manager.
 
 use std::net::SocketAddrV4;
+use std::os::fd::AsFd;
 
 use nemflow_proto::Qos;
 
 use nemflow_flowmgr::client::Client;
 use nemflow_proto::app::{Buffers, OpenFlow};
 
-use crate::{FlowConfig, UdpFlow};
+use crate::{FlowConfig, Liveness, UdpFlow};
 
 mod blast;
 mod echo;
@@ -59,7 +60,9 @@ pub enum OpenError {
 }
 
 /// An open UDP flow and the flow-manager connection it lives by: the flow is torn down when
-/// this is dropped (or the process dies), as a socket would be closed.
+/// this is dropped (or the process dies), as a socket would be closed. The flow watches the
+/// connection ([`crate::liveness`]): once it closes, `send`/`recv` fail with
+/// [`crate::Error::Revoked`] instead of waiting for a driver that may be gone.
 #[derive(Debug)]
 pub struct AppFlow {
     /// The flow's stack.
@@ -91,14 +94,24 @@ pub fn open_flow(req: &FlowRequest) -> Result<AppFlow, OpenError> {
 
 /// [`open_flow`] with stack settings of the app's choosing (reassembly limits, DF, ...).
 pub fn open_flow_with(req: &FlowRequest, cfg: FlowConfig) -> Result<AppFlow, OpenError> {
-    let mut client = Client::connect_default()?;
+    let socket = nemflow_flowmgr::client::default_socket();
+    let mut client = Client::connect(&socket)?;
     let open = OpenFlow {
         qos: req.qos,
         buffers: req.buffers,
         ..OpenFlow::udp(req.local_port, req.remote)
     };
     let f = client.open(&open)?;
+    let id = f.id();
     let mut flow = UdpFlow::attach(f.fib, &f.tx_spec, f.tx, &f.rx_spec, f.rx, cfg)?;
+    let conn = client
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| crate::Error::Os {
+            op: "dup flow manager connection",
+            source: e,
+        })?;
+    flow.set_liveness(Liveness::new(conn, id).with_probe(socket));
     if req.remote.is_none() {
         if let Ok(resolver) = Client::connect_default() {
             flow.set_resolver(Box::new(FlowManagerResolver(resolver)));
