@@ -16,13 +16,16 @@ use nemflow_testkit::{require_root, RawSocket};
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
+/// Named counters, as `nemflow stats` lists them.
+type Counters = Vec<(String, u64)>;
+
 fn host() -> NemflowHost {
     require_root();
     NemflowHost::start(&DriverOptions::default(), "").unwrap()
 }
 
 /// The flow manager's counter `name` and the port's drop counter `drop`, as `nemflow stats`.
-fn counters(host: &NemflowHost) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+fn counters(host: &NemflowHost) -> (Counters, Counters) {
     let mut c = Client::connect(&host.socket).unwrap();
     let s = c.stats().unwrap();
     (s.flowmgr, s.port.drops)
@@ -38,7 +41,7 @@ fn get(list: &[(String, u64)], name: &str) -> u64 {
 fn until(
     host: &NemflowHost,
     cond: impl Fn(&[(String, u64)], &[(String, u64)]) -> bool,
-) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+) -> (Counters, Counters) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (f, d) = counters(host);
