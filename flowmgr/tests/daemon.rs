@@ -194,6 +194,40 @@ fn per_uid_limits_say_no_buffer_space() {
 }
 
 #[test]
+fn one_uid_exhausting_its_quotas_leaves_other_uids_served() {
+    // Flows: root takes its two, the third is refused; another uid is still served.
+    let h = Harness::start("max_flows_per_uid: 2");
+    let mut c = h.client();
+    let _a = c.open(&OpenFlow::udp(0, None)).unwrap();
+    let _b = c.open(&OpenFlow::udp(0, None)).unwrap();
+    let e = c.open(&OpenFlow::udp(0, None)).unwrap_err();
+    assert_eq!(kind(e), AppErrorKind::NoBufferSpace);
+    let (ok, out, err) = h.run_nemflow(&["open", "udp"], Some(NOBODY));
+    assert!(ok && out.starts_with("flow "), "{out} {err}");
+    drop(h);
+    // Channel memory: root opens flows until its bytes run out; another uid is still served.
+    let h = Harness::start("max_channel_bytes_per_uid: 4194304");
+    let mut c = h.client();
+    let mut held = Vec::new();
+    let e = loop {
+        match c.open(&OpenFlow::udp(0, None)) {
+            Ok(f) => held.push(f),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 64, "4 MiB of channels never ran out");
+    };
+    assert!(!held.is_empty());
+    assert!(e.to_string().contains("max_channel_bytes_per_uid"), "{e}");
+    assert_eq!(kind(e), AppErrorKind::NoBufferSpace);
+    let (ok, out, err) = h.run_nemflow(&["open", "udp"], Some(NOBODY));
+    assert!(ok && out.starts_with("flow "), "{out} {err}");
+    // What root holds is untouched, and closing one lets root open again.
+    let first = held.remove(0);
+    c.close(first.id()).unwrap();
+    c.open(&OpenFlow::udp(0, None)).unwrap();
+}
+
+#[test]
 fn admission_past_the_limit_is_refused_and_leaves_flows_untouched() {
     let h = Harness::start("");
     let mut c = h.client();
