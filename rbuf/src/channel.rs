@@ -212,7 +212,7 @@ impl Core {
         };
         // SAFETY: the full FIFO's slots follow the header and the empty FIFO's follow those;
         // `control_bytes()` covers both, so both offsets stay inside the mapping, and they are
-        // 32-byte aligned (the header is a multiple of 64 bytes, slots are 32).
+        // 16-byte aligned (the header is a multiple of 64 bytes, slots are 16).
         let (full_slots, empty_slots) = unsafe {
             let base = control.ptr().as_ptr().add(HEADER_BYTES).cast::<Slot>();
             (base, base.add(spec.slots as usize))

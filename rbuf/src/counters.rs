@@ -9,7 +9,8 @@ pub struct Counters {
     pub iorecs_in: u64,
     /// Iorecs this endpoint put on a FIFO.
     pub iorecs_out: u64,
-    /// Invalid iorecs: extent count 0 or above [`crate::MAX_EXTENTS`].
+    /// Invalid iorecs: extent count 0 or above [`crate::MAX_EXTENTS`], or a two-slot record of
+    /// which the producer published one slot ([`IoRecError::Truncated`]).
     pub invalid_count: u64,
     /// Invalid iorecs: `offset + len` overflowed.
     pub invalid_overflow: u64,
@@ -52,7 +53,7 @@ impl Counters {
 
     pub(crate) fn count_iorec(&mut self, e: &IoRecError) {
         match e {
-            IoRecError::BadCount { .. } => self.invalid_count += 1,
+            IoRecError::BadCount { .. } | IoRecError::Truncated { .. } => self.invalid_count += 1,
             IoRecError::Overflow { .. } => self.invalid_overflow += 1,
             IoRecError::OutOfBounds { .. } => self.invalid_out_of_bounds += 1,
             IoRecError::TooLong { .. } => self.invalid_too_long += 1,

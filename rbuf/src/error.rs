@@ -41,6 +41,13 @@ pub enum IoRecError {
         /// The channel's limit.
         max: u32,
     },
+    /// The header says the record has a second slot, but the producer published only its first
+    /// (a correct producer publishes whole records); the one slot is consumed.
+    #[error("iorec with {count} extents has two slots, the producer published one")]
+    Truncated {
+        /// The count found in the header.
+        count: u8,
+    },
     /// The master got back an extent that is not a buffer it handed out (wrong offset, unknown or
     /// duplicated buffer, length past the buffer).
     #[error("extent {index} [{offset:#x}, +{len}) is not a buffer this side handed out")]

@@ -1,13 +1,35 @@
-//! Iorecs: the FIFO entries. A slot is four 64-bit words in shared memory; an [`IoRec`] is the
-//! private, plain copy of one slot. Every bit pattern decodes; [`IoRec::validate`] then decides.
+//! Iorecs: the FIFO entries. A FIFO slot is two 64-bit words (16 bytes) in shared memory; an
+//! iorec occupies one slot when it has one extent (the common case: every packet the driver and
+//! the app stack exchange) and two consecutive slots when it has two or three. An [`IoRec`] is
+//! the private, plain copy of one; every bit pattern decodes, and [`IoRec::validate`] then decides.
+//!
+//! The record image, four words, [`IoRec::encode`]: word 0 = `flags | count << 16` (bits 24..64
+//! reserved, written 0, ignored on decode), words 1..4 = `offset | len << 32` of extents 0..3.
+//! Words 0 and 1 are the first slot; words 2 and 3, the second slot, exist only when `count ≥ 2`
+//! ([`slots_of_header`]).
 
 use crate::error::IoRecError;
 
-/// Most extents one iorec can carry (the slot is 32 bytes: one header word and three extents).
+/// Most extents one iorec can carry (a header word and three extents: two slots).
 pub const MAX_EXTENTS: usize = 3;
 
 /// Size of one FIFO slot in bytes.
-pub const SLOT_BYTES: usize = 32;
+pub const SLOT_BYTES: usize = 16;
+
+/// Size of the largest record image (two slots): what [`IoRec::decode_bytes`] takes.
+pub const RECORD_BYTES: usize = 2 * SLOT_BYTES;
+
+/// Slots a record takes, by its header word (its first word): one for `count ≤ 1`, two otherwise
+/// (a count above [`MAX_EXTENTS`] is invalid, but the record still takes two slots, so that a
+/// consumer skips it whole).
+#[inline(always)]
+pub const fn slots_of_header(header: u64) -> u32 {
+    if (header >> 16) as u8 >= 2 {
+        2
+    } else {
+        1
+    }
+}
 
 /// A byte range of the data area, by offset (the two sides map the area at different addresses).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -22,6 +44,21 @@ impl Extent {
     /// An extent of `len` bytes at `offset`.
     pub const fn new(offset: u32, len: u32) -> Self {
         Extent { offset, len }
+    }
+
+    /// Its word in a record image: `offset | len << 32`.
+    #[inline(always)]
+    pub(crate) const fn word(&self) -> u64 {
+        self.offset as u64 | (self.len as u64) << 32
+    }
+
+    /// The extent an image word describes (any bits).
+    #[inline(always)]
+    pub(crate) const fn from_word(w: u64) -> Self {
+        Extent {
+            offset: w as u32,
+            len: (w >> 32) as u32,
+        }
     }
 
     /// Checks that `[offset, offset + len)` lies inside a data area of `data_bytes`, with
@@ -125,33 +162,57 @@ impl IoRec {
         Ok(())
     }
 
-    /// The slot words: word 0 = `flags | count << 16` (bits 24..64 reserved, written 0, ignored
-    /// on decode), words 1..4 = `offset | len << 32`.
+    /// Slots this iorec takes on a FIFO (1 for one extent, 2 for two or three).
+    #[inline(always)]
+    pub const fn slots(&self) -> u32 {
+        slots_of_header((self.count as u64) << 16)
+    }
+
+    /// The header word: `flags | count << 16`.
+    #[inline(always)]
+    pub(crate) fn header_word(&self) -> u64 {
+        u64::from(self.flags) | u64::from(self.count) << 16
+    }
+
+    /// The record image (see the module doc); words 2 and 3 are 0 for a one-slot record.
     #[inline(always)]
     pub fn encode(&self) -> [u64; 4] {
-        let mut w = [u64::from(self.flags) | u64::from(self.count) << 16, 0, 0, 0];
-        for (i, e) in self.extents.iter().enumerate() {
-            w[i + 1] = u64::from(e.offset) | u64::from(e.len) << 32;
+        let mut w = [self.header_word(), self.extents[0].word(), 0, 0];
+        if self.slots() == 2 {
+            w[2] = self.extents[1].word();
+            w[3] = self.extents[2].word();
         }
         w
     }
 
-    /// Decodes slot words; every bit pattern gives some `IoRec` (validate it before use).
+    /// Decodes a record image; words 2 and 3 are read only if the header says the record has a
+    /// second slot. Every bit pattern gives some `IoRec` (validate it before use).
     #[inline(always)]
     pub fn decode(w: [u64; 4]) -> Self {
-        let ext = |x: u64| Extent {
-            offset: x as u32,
-            len: (x >> 32) as u32,
-        };
+        let mut rec = IoRec::from_first_slot([w[0], w[1]]);
+        if slots_of_header(w[0]) == 2 {
+            rec.extents[1] = Extent::from_word(w[2]);
+            rec.extents[2] = Extent::from_word(w[3]);
+        }
+        rec
+    }
+
+    /// Decodes a record's first slot (extents 1 and 2 left empty).
+    #[inline(always)]
+    pub(crate) fn from_first_slot(w: [u64; 2]) -> Self {
         IoRec {
             flags: w[0] as u16,
             count: (w[0] >> 16) as u8,
-            extents: [ext(w[1]), ext(w[2]), ext(w[3])],
+            extents: [
+                Extent::from_word(w[1]),
+                Extent::new(0, 0),
+                Extent::new(0, 0),
+            ],
         }
     }
 
-    /// Decodes a 32-byte slot image (native endian), as a fuzzer or a test supplies it.
-    pub fn decode_bytes(b: &[u8; SLOT_BYTES]) -> Self {
+    /// Decodes a 32-byte record image (native endian), as a fuzzer or a test supplies it.
+    pub fn decode_bytes(b: &[u8; RECORD_BYTES]) -> Self {
         let mut w = [0u64; 4];
         for (i, chunk) in b.chunks_exact(8).enumerate() {
             let mut a = [0u8; 8];
@@ -178,6 +239,20 @@ mod tests {
         let w = rec.encode();
         assert_eq!(w, [0x0002_BEEF, 60 << 32 | 0x40, 1400 << 32 | 0x1000, 0]);
         assert_eq!(IoRec::decode(w), rec);
+        assert_eq!(rec.slots(), 2);
+        // One extent: one slot, and the second slot's words are not part of the record.
+        let one = IoRec::single(Extent::new(0x1000, 1514), 7);
+        assert_eq!(one.encode(), [0x0001_0007, 1514 << 32 | 0x1000, 0, 0]);
+        assert_eq!(one.slots(), 1);
+        assert_eq!(
+            IoRec::decode([0x0001_0007, 1514 << 32 | 0x1000, !0, !0]),
+            one
+        );
+        // Counts 0 and 1 take one slot, anything above two (valid or not).
+        assert_eq!(
+            [0u64, 1, 2, 3, 200].map(|c| slots_of_header(c << 16)),
+            [1, 1, 2, 2, 2]
+        );
     }
 
     #[test]

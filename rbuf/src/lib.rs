@@ -53,8 +53,11 @@
 //! # Ring layout
 //! The control area is a [`ChannelSpec`]-sized header (magic, version, geometry; the four indices
 //! and two sleep flags each on its own cache line) followed by the full FIFO's slots and the empty
-//! FIFO's, each slot a 32-byte [`IoRec`] image (see [`IoRec::encode`]). See [`ring`] for the
-//! ordering of every atomic.
+//! FIFO's, each slot 16 bytes (four to a cache line). An iorec of one extent takes one slot, of
+//! two or three extents two consecutive slots (see [`iorec`] and [`IoRec::encode`]); indices
+//! count slots. A consumer decides from its private copy of a record's header whether to read a
+//! second slot, and a record that runs past the published index is an error (counted), not a
+//! wait. See [`ring`] for the ordering of every atomic.
 //!
 //! # Example: TMM (app → driver)
 //! ```
@@ -118,7 +121,7 @@ pub mod tmm;
 pub use channel::{create, ChannelFds, FdSource, CHANNEL_FDS};
 pub use counters::Counters;
 pub use error::{Error, FifoId, IndexError, IoRecError, RegionError, Result};
-pub use iorec::{Extent, IoRec, Limits, MAX_EXTENTS, SLOT_BYTES};
+pub use iorec::{Extent, IoRec, Limits, MAX_EXTENTS, RECORD_BYTES, SLOT_BYTES};
 pub use spec::ChannelSpec;
 
 /// Whether this process wakes peers with asymmetric barriers (`membarrier(2)`): notifying then

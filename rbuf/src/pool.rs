@@ -21,7 +21,8 @@ pub(crate) struct Pool {
     buf_len: u32,
     /// `log2(buf_bytes)` when it is a power of two: a shift instead of a division per extent.
     shift: Option<u32>,
-    state: Vec<u8>,
+    state: Box<[u8]>,
+    /// Free buffers, a stack (capacity: every buffer, so pushing never reallocates).
     free: Vec<u32>,
 }
 
@@ -35,7 +36,7 @@ impl Pool {
             shift: buf_bytes
                 .is_power_of_two()
                 .then(|| buf_bytes.trailing_zeros()),
-            state: vec![FREE; n as usize],
+            state: vec![FREE; n as usize].into_boxed_slice(),
             free: (0..n).rev().collect(),
         }
     }
@@ -61,21 +62,45 @@ impl Pool {
         Some(self.extent(b))
     }
 
+    /// Takes up to `out.len()` free buffers at once (all HELD), each as an extent of `len`
+    /// bytes (≤ `buf_len`, checked by the caller) at its start; returns how many.
+    #[inline(always)]
+    pub(crate) fn alloc_batch(&mut self, len: u32, out: &mut [Extent]) -> usize {
+        let k = out.len().min(self.free.len());
+        let rest = self.free.len() - k;
+        // Popped in stack order (the top first), like `alloc`.
+        for (o, &b) in out.iter_mut().zip(self.free[rest..].iter().rev()) {
+            if let Some(s) = self.state.get_mut(b as usize) {
+                *s = HELD;
+            }
+            *o = Extent::new(b * self.buf_bytes, len);
+        }
+        self.free.truncate(rest);
+        k
+    }
+
     fn extent(&self, b: u32) -> Extent {
         Extent::new(b * self.buf_bytes, self.buf_len)
     }
 
-    /// The buffer `e` lies in, if it lies entirely inside one.
+    /// The buffer `e` lies in, if it lies entirely inside one (wide arithmetic: no overflow).
     #[inline(always)]
     fn buffer_of(&self, e: &Extent) -> Option<u32> {
         let b = match self.shift {
             Some(s) => e.offset >> s,
             None => e.offset / self.buf_bytes,
         };
-        let start = b.checked_mul(self.buf_bytes)?;
-        let end = e.offset.checked_add(e.len)?;
-        let buf_end = start.checked_add(self.buf_len)?;
+        let buf_end = u64::from(b) * u64::from(self.buf_bytes) + u64::from(self.buf_len);
+        let end = u64::from(e.offset) + u64::from(e.len);
         ((b as usize) < self.state.len() && end <= buf_end).then_some(b)
+    }
+
+    /// The buffer of a one-extent `rec` if it is in state `want` (the common case, without the
+    /// general path's loop and duplicate check).
+    #[inline(always)]
+    fn single_in(&self, rec: &IoRec, want: u8) -> Option<usize> {
+        let b = self.buffer_of(&rec.extents[0])? as usize;
+        (self.state.get(b) == Some(&want)).then_some(b)
     }
 
     /// The distinct buffers of `rec`, each of which must be in `want`; else the first bad extent.
@@ -101,6 +126,12 @@ impl Pool {
     /// HELD → OUT for every buffer of `rec` (caller's iorec; distinct buffers required).
     #[inline(always)]
     pub(crate) fn hand_out(&mut self, rec: &IoRec) -> Result<()> {
+        if rec.count == 1 {
+            if let Some(b) = self.single_in(rec, HELD) {
+                self.state[b] = OUT;
+                return Ok(());
+            }
+        }
         if rec.count == 0 || usize::from(rec.count) > crate::MAX_EXTENTS {
             return Err(IoRecError::BadCount { count: rec.count }.into());
         }
@@ -115,6 +146,12 @@ impl Pool {
     /// OUT → HELD for every buffer of `rec` (peer's iorec; all or nothing).
     #[inline(always)]
     pub(crate) fn take_back(&mut self, rec: &IoRec) -> std::result::Result<(), IoRecError> {
+        if rec.count == 1 {
+            if let Some(b) = self.single_in(rec, OUT) {
+                self.state[b] = HELD;
+                return Ok(());
+            }
+        }
         if rec.count == 0 || usize::from(rec.count) > crate::MAX_EXTENTS {
             return Err(IoRecError::BadCount { count: rec.count });
         }
@@ -132,6 +169,13 @@ impl Pool {
     /// OUT → FREE for every buffer of `rec` (peer's iorec; all or nothing): a TMM reclaim.
     #[inline(always)]
     pub(crate) fn take_back_free(&mut self, rec: &IoRec) -> std::result::Result<(), IoRecError> {
+        if rec.count == 1 {
+            if let Some(b) = self.single_in(rec, OUT) {
+                self.state[b] = FREE;
+                self.free.push(b as u32);
+                return Ok(());
+            }
+        }
         if rec.count == 0 || usize::from(rec.count) > crate::MAX_EXTENTS {
             return Err(IoRecError::BadCount { count: rec.count });
         }

@@ -15,16 +15,28 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{FifoId, IndexError};
-use crate::iorec::IoRec;
+use crate::iorec::{slots_of_header, Extent, IoRec};
 
-/// One slot: four words, see [`IoRec::encode`]. Typed as atomics so that shared references to
-/// the control area are sound; the ring copies whole slots in and out with raw-pointer copies
-/// (two 16-byte moves instead of four 8-byte atomic ones: the producer's slot stores miss in cache
-/// while the consumer holds the line, and four stores per slot filled the store buffer and stalled
-/// the producer — measured 3x slower at batch 32).
+/// One slot: two words, half of a record image (see [`crate::iorec`]); four slots share a cache
+/// line. Typed as atomics so that shared references to the control area are sound; the ring
+/// copies whole slots in and out with raw-pointer copies (one 16-byte move instead of two 8-byte
+/// atomic ones: the producer's slot stores miss in cache while the consumer holds the line, and
+/// one store per word filled the store buffer and stalled the producer — measured 3x slower).
 #[derive(Debug)]
-#[repr(C, align(32))]
-pub struct Slot(pub(crate) [AtomicU64; 4]);
+#[repr(C, align(16))]
+pub struct Slot(pub(crate) [AtomicU64; 2]);
+
+/// What reading one record at the head of the available slots found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Record {
+    /// A record of `slots` slots, copied out of shared memory (not validated yet).
+    Read { rec: IoRec, slots: u32 },
+    /// A header saying two slots where the producer published one: a protocol violation (a
+    /// correct producer publishes whole records). Consumes its one slot.
+    Truncated { count: u8 },
+    /// A two-slot record when the caller may consume only one more slot now: stop before it.
+    Stop,
+}
 
 /// Number of iorecs between two free-running indices (`later - earlier`, wrapping).
 #[inline]
@@ -122,11 +134,11 @@ impl FifoView {
     }
 
     #[inline(always)]
-    fn slot_ptr(&self, index: u32) -> *mut [u64; 4] {
+    fn slot_ptr(&self, index: u32) -> *mut [u64; 2] {
         let i = (index & (self.size - 1)) as usize;
         // SAFETY: `slots` points to `size` slots kept alive by the owner; `i < size` by the mask
         // (size is a power of two), so the offset stays inside the slot array.
-        unsafe { self.slots.as_ptr().add(i).cast::<[u64; 4]>() }
+        unsafe { self.slots.as_ptr().add(i).cast::<[u64; 2]>() }
     }
 
     /// Starts fetching the cache lines of slots `index..index + n` (for writing if `write`), so
@@ -137,11 +149,15 @@ impl FifoView {
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             let write = write && has_prefetchw();
-            // Two 32-byte slots per 64-byte line.
+            // Four 16-byte slots per 64-byte line: one prefetch per line the slots touch.
+            if n == 0 {
+                return;
+            }
+            let n = n.min(self.size);
             let mut i = 0;
-            while i < n.min(self.size) {
+            while i < n + (index & 3) {
                 let p = self
-                    .slot_ptr(index.wrapping_add(i))
+                    .slot_ptr((index & !3).wrapping_add(i))
                     .cast::<i8>()
                     .cast_const();
                 if write {
@@ -156,7 +172,7 @@ impl FifoView {
                     // SAFETY: as above, a read prefetch is only a hint.
                     unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
                 }
-                i += 2;
+                i += 4;
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -166,8 +182,8 @@ impl FifoView {
     /// Copies slot `index` out, once, with a raw-pointer copy (no reference to shared memory).
     /// Ordering comes from the index Acquire that precedes it.
     #[inline(always)]
-    fn read_slot(&self, index: u32) -> [u64; 4] {
-        // SAFETY: the pointer is in bounds and aligned (slots are 32-byte aligned); every bit
+    fn read_slot(&self, index: u32) -> [u64; 2] {
+        // SAFETY: the pointer is in bounds and aligned (slots are 16-byte aligned); every bit
         // pattern is a valid `[u64; 4]`. A correct peer does not write this slot between its
         // Release publish and our Release consume (the protocol's happens-before); a hostile one
         // writing it concurrently lives in another process and can only change which bits we copy.
@@ -176,7 +192,7 @@ impl FifoView {
 
     /// Writes slot `index` (published by the index Release that follows).
     #[inline(always)]
-    fn write_slot(&self, index: u32, words: [u64; 4]) {
+    fn write_slot(&self, index: u32, words: [u64; 2]) {
         // SAFETY: in bounds and aligned as above; the mapping is writable (the control area is
         // mapped read-write by both sides). The consumer does not read this slot until our
         // Release publish (and released it before we reuse it: our Acquire of its tail).
@@ -241,11 +257,21 @@ impl ProdCursor {
         self.view.prefetch(self.head, n, true);
     }
 
-    /// Writes `rec` into the `i`-th free slot (not yet published). Caller checked the room.
+    /// Writes `rec` from the `i`-th free slot on (not yet published); returns the slots it took
+    /// ([`IoRec::slots`]). Caller checked the room.
     #[inline(always)]
-    pub(crate) fn write(&self, i: u32, rec: &IoRec) {
+    pub(crate) fn write(&self, i: u32, rec: &IoRec) -> u32 {
+        let at = self.head.wrapping_add(i);
         self.view
-            .write_slot(self.head.wrapping_add(i), rec.encode());
+            .write_slot(at, [rec.header_word(), rec.extents[0].word()]);
+        if rec.slots() == 1 {
+            return 1;
+        }
+        self.view.write_slot(
+            at.wrapping_add(1),
+            [rec.extents[1].word(), rec.extents[2].word()],
+        );
+        2
     }
 
     /// Publishes `n` written slots.
@@ -316,10 +342,29 @@ impl ConsCursor {
         self.view.prefetch(self.tail, n, false);
     }
 
-    /// Copies the `i`-th available slot out of shared memory, once. Caller checked availability.
+    /// Copies the record that starts at the `i`-th available slot out of shared memory, each
+    /// slot once, deciding from the private copy of its header whether it has a second slot.
+    /// The caller checked `i < limit ≤` [`avail_cached`](Self::avail_cached); `limit` is how
+    /// many slots it may consume now.
     #[inline(always)]
-    pub(crate) fn read(&self, i: u32) -> IoRec {
-        IoRec::decode(self.view.read_slot(self.tail.wrapping_add(i)))
+    pub(crate) fn read(&self, i: u32, limit: u32) -> Record {
+        let at = self.tail.wrapping_add(i);
+        let first = self.view.read_slot(at);
+        let mut rec = IoRec::from_first_slot(first);
+        if slots_of_header(first[0]) == 1 {
+            return Record::Read { rec, slots: 1 };
+        }
+        // `i + 1` cannot overflow: `i < limit ≤ size ≤ 2^16`.
+        if i + 1 >= self.avail_cached() {
+            return Record::Truncated { count: rec.count };
+        }
+        if i + 1 >= limit {
+            return Record::Stop;
+        }
+        let second = self.view.read_slot(at.wrapping_add(1));
+        rec.extents[1] = Extent::from_word(second[0]);
+        rec.extents[2] = Extent::from_word(second[1]);
+        Record::Read { rec, slots: 2 }
     }
 
     /// Hands `n` read slots back to the producer.
@@ -357,14 +402,7 @@ pub(crate) mod tests {
     impl HeapFifo {
         pub(crate) fn new(size: u32, start: u32) -> Self {
             let slots = (0..size)
-                .map(|_| {
-                    Slot([
-                        AtomicU64::new(0),
-                        AtomicU64::new(0),
-                        AtomicU64::new(0),
-                        AtomicU64::new(0),
-                    ])
-                })
+                .map(|_| Slot([AtomicU64::new(0), AtomicU64::new(0)]))
                 .collect();
             HeapFifo {
                 head: Box::new(AtomicU32::new(start)),
@@ -385,9 +423,20 @@ pub(crate) mod tests {
         }
     }
 
+    /// Record `i` of the test stream: every third one has three extents (two slots).
+    fn rec(i: u32) -> IoRec {
+        if i % 3 == 2 {
+            let e = |k: u32| Extent::new(i.wrapping_mul(3).wrapping_add(k), !i);
+            IoRec::from_extents(&[e(0), e(1), e(2)], 9).unwrap_or_default()
+        } else {
+            IoRec::single(Extent::new(i, !i), 7)
+        }
+    }
+
     #[test]
     fn spsc_threads_wrap_around() {
-        // Starts just below u32::MAX so the indices wrap during the run.
+        // Starts just below u32::MAX so the indices wrap during the run; the ring's 8 slots hold
+        // a mix of one- and two-slot records, so two-slot records also straddle the ring's end.
         let n: u32 = if cfg!(miri) { 300 } else { 200_000 };
         let fifo = HeapFifo::new(8, u32::MAX - 50);
         let view = fifo.view();
@@ -397,14 +446,17 @@ pub(crate) mod tests {
             s.spawn(move || {
                 let mut i = 0u32;
                 while i < n {
-                    let room = prod.room(1).unwrap();
-                    let k = room.min(n - i).min(3);
-                    for j in 0..k {
-                        prod.write(j, &IoRec::single(Extent::new(i + j, !(i + j)), 7));
+                    let room = prod.room(2).unwrap();
+                    let mut used = 0;
+                    for _ in 0..3 {
+                        if i == n || used + rec(i).slots() > room {
+                            break;
+                        }
+                        used += prod.write(used, &rec(i));
+                        i += 1;
                     }
-                    prod.publish(k);
-                    i += k;
-                    if k == 0 {
+                    prod.publish(used);
+                    if used == 0 {
                         std::thread::yield_now();
                     }
                 }
@@ -413,18 +465,43 @@ pub(crate) mod tests {
                 let mut i = 0u32;
                 while i < n {
                     let avail = cons.avail(1).unwrap();
-                    for j in 0..avail {
-                        let rec = cons.read(j);
-                        assert_eq!(rec, IoRec::single(Extent::new(i + j, !(i + j)), 7));
+                    let mut at = 0;
+                    while at < avail {
+                        match cons.read(at, avail) {
+                            Record::Read { rec: r, slots } => {
+                                assert_eq!((r, slots), (rec(i), rec(i).slots()));
+                                at += slots;
+                                i += 1;
+                            }
+                            other => panic!("{other:?} at {i}"),
+                        }
                     }
                     cons.consume(avail);
-                    i += avail;
                     if avail == 0 {
                         std::thread::yield_now();
                     }
                 }
             });
         });
+    }
+
+    #[test]
+    fn half_published_and_room_limited_records() {
+        let fifo = HeapFifo::new(8, 0);
+        let mut prod = ProdCursor::new(fifo.view(), 0);
+        let mut cons = ConsCursor::new(fifo.view(), 0);
+        assert_eq!(prod.write(0, &rec(0)), 1);
+        assert_eq!(prod.write(1, &rec(2)), 2);
+        // A (hostile) head between the two slots of the second record.
+        prod.publish(2);
+        assert_eq!(cons.refresh(), Ok(2));
+        assert!(matches!(cons.read(0, 2), Record::Read { slots: 1, .. }));
+        assert!(matches!(cons.read(1, 2), Record::Truncated { count: 3 }));
+        prod.publish(1);
+        assert_eq!(cons.refresh(), Ok(3));
+        // Room for one more slot only: stop before the two-slot record, read it with room.
+        assert!(matches!(cons.read(1, 2), Record::Stop));
+        assert!(matches!(cons.read(1, 3), Record::Read { slots: 2, rec: r } if r == rec(2)));
     }
 
     #[test]
@@ -474,7 +551,11 @@ pub(crate) mod tests {
                     proptest::prop_assert_eq!(avail as usize, model.len());
                     let k = k.min(avail);
                     for j in 0..k {
-                        proptest::prop_assert_eq!(Some(cons.read(j).extents[0].offset), model.pop_front());
+                        let Record::Read { rec, slots: 1 } = cons.read(j, k) else {
+                            proptest::prop_assert!(false, "not a one-slot record");
+                            return Ok(());
+                        };
+                        proptest::prop_assert_eq!(Some(rec.extents[0].offset), model.pop_front());
                     }
                     cons.consume(k);
                 }

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use crate::channel::{ChannelFds, Core, FdSource, Side};
 use crate::counters::Counters;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoRecError, Result};
 use crate::event::Waker;
 use crate::iorec::IoRec;
 use crate::pool::Pool;
-use crate::ring::{ConsCursor, ProdCursor};
+use crate::ring::{ConsCursor, ProdCursor, Record};
 use crate::spec::ChannelSpec;
 
 /// A received packet: the application holds its buffer until it reposts or releases it.
@@ -60,8 +60,8 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Attaches from the channel's fds (a read-only data fd suffices) and the trusted spec., checking every
-    /// fd exactly ([`FdSource::Any`]).
+    /// Attaches from the channel's fds (a read-only data fd suffices) and the trusted spec,
+    /// checking every fd exactly ([`FdSource::Any`]).
     pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
         Self::attach_from(spec, fds, FdSource::Any)
     }
@@ -91,11 +91,13 @@ impl Consumer {
             .room(want)
             .map_err(|e| self.core.index_violation(e))?;
         let n = want.min(room);
+        self.empty.prefetch(n);
         for i in 0..n {
             let Some(e) = self.pool.alloc() else { break };
             let rec = IoRec::single(e, 0);
             // Cannot fail: the buffer was just allocated (HELD), and it is one extent.
             let _ = self.pool.hand_out(&rec);
+            // One extent: one slot.
             self.empty.write(i, &rec);
         }
         if n > 0 {
@@ -118,12 +120,30 @@ impl Consumer {
         if avail == 0 {
             return Ok(None);
         }
-        let rec = self.full.read(0);
-        self.full.consume(1);
+        let (r, slots) = self.read_one(0, avail);
+        self.full.consume(slots);
         self.waker.notify_peer();
-        self.accept(rec).map(Some)
+        r.map(Some)
     }
 
+    /// Reads, checks and takes back the record at slot `at`; returns it and the slots it took.
+    #[inline(always)]
+    fn read_one(&mut self, at: u32, avail: u32) -> (Result<RxPacket>, u32) {
+        match self.full.read(at, avail) {
+            Record::Read { rec, slots } => (self.accept(rec), slots),
+            Record::Truncated { count } => {
+                (Err(self.core.invalid(IoRecError::Truncated { count })), 1)
+            }
+            // Unreachable with `limit == avail` (`read` says Truncated first); if it were not,
+            // consuming the slot as invalid keeps every turn moving.
+            Record::Stop => (
+                Err(self.core.invalid(IoRecError::Truncated { count: 2 })),
+                1,
+            ),
+        }
+    }
+
+    #[inline(always)]
     fn accept(&mut self, rec: IoRec) -> Result<RxPacket> {
         if let Err(e) = rec.validate(&self.core.limits) {
             return Err(self.core.invalid(e));
@@ -141,21 +161,24 @@ impl Consumer {
     pub fn pop_batch(&mut self, out: &mut Vec<RxPacket>, max: usize) -> Result<usize> {
         self.core.check()?;
         let want = u32::try_from(max).unwrap_or(u32::MAX);
-        let n = self
+        let avail = self
             .full
             .avail(want)
-            .map_err(|e| self.core.index_violation(e))?
-            .min(want);
+            .map_err(|e| self.core.index_violation(e))?;
+        self.full.prefetch(avail.min(want));
         let mut k = 0;
-        for i in 0..n {
-            let rec = self.full.read(i);
-            if let Ok(p) = self.accept(rec) {
+        let mut at = 0;
+        // Every turn consumes at least one slot: at most `avail` turns.
+        while at < avail && k < max {
+            let (r, slots) = self.read_one(at, avail);
+            at += slots;
+            if let Ok(p) = r {
                 out.push(p);
                 k += 1;
             }
         }
-        if n > 0 {
-            self.full.consume(n);
+        if at > 0 {
+            self.full.consume(at);
             self.waker.notify_peer();
         }
         Ok(k)
@@ -268,14 +291,16 @@ pub struct Producer {
     waker: Waker,
     empty: ConsCursor,
     full: ProdCursor,
-    /// Empty iorecs taken and not yet pushed: `take_empty` only runs while the full FIFO has room
-    /// for all of them, so `push_full` never finds it full.
+    /// Empty iorecs taken and not yet pushed.
     held: u32,
+    /// Slots those take on the full FIFO: `take_empty` only runs while the full FIFO has room
+    /// for all of them, so `push_full` never finds it full.
+    held_slots: u32,
 }
 
 impl Producer {
-    /// Attaches from the channel's fds (data fd read-write) and the trusted spec., checking every
-    /// fd exactly ([`FdSource::Any`]).
+    /// Attaches from the channel's fds (data fd read-write) and the trusted spec,
+    /// checking every fd exactly ([`FdSource::Any`]).
     pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
         Self::attach_from(spec, fds, FdSource::Any)
     }
@@ -287,6 +312,7 @@ impl Producer {
             empty: ConsCursor::new(core.empty, 0),
             full: ProdCursor::new(core.full, 0),
             held: 0,
+            held_slots: 0,
             core,
             waker,
         })
@@ -297,62 +323,80 @@ impl Producer {
     /// returned as `Err(InvalidIoRec)`.
     #[inline]
     pub fn take_empty(&mut self) -> Result<Option<IoRec>> {
-        self.core.check()?;
-        if takeable(
-            &mut self.core,
-            &mut self.empty,
-            &mut self.full,
-            self.held,
-            1,
-        )? == 0
-        {
-            self.core.counters.no_empty_buffer += 1;
-            return Ok(None);
-        }
-        let rec = self.empty.read(0);
-        self.empty.consume(1);
-        self.waker.notify_peer();
-        match rec.validate(&self.core.limits) {
-            Ok(()) => {
-                self.held += 1;
-                self.core.counters.iorecs_in += 1;
-                Ok(Some(rec))
-            }
-            Err(e) => Err(self.core.invalid(e)),
+        let mut out = [IoRec::default()];
+        match self.take_records(&mut out, true)? {
+            0 => Ok(None),
+            _ => Ok(Some(out[0])),
         }
     }
 
     /// Takes up to `out.len()` empty buffers; returns how many valid ones it stored at the front.
     #[inline]
     pub fn take_empty_batch(&mut self, out: &mut [IoRec]) -> Result<usize> {
+        self.take_records(out, false)
+    }
+
+    /// `take_empty_batch`; with `one`, an invalid first iorec is returned as its error instead,
+    /// and finding none counts as a frame without a buffer.
+    #[inline(always)]
+    fn take_records(&mut self, out: &mut [IoRec], one: bool) -> Result<usize> {
         self.core.check()?;
         let want = u32::try_from(out.len()).unwrap_or(u32::MAX);
-        let n = takeable(
+        let limit = takeable(
             &mut self.core,
             &mut self.empty,
             &mut self.full,
-            self.held,
+            self.held_slots,
             want,
         )?;
-        self.empty.prefetch(n);
+        self.empty.prefetch(limit.min(want));
         let mut k = 0;
-        for i in 0..n {
-            // Decoded straight into the caller's array (a private copy), then validated there.
-            out[k] = self.empty.read(i);
-            match out[k].validate(&self.core.limits) {
-                Ok(()) => k += 1,
+        let mut at = 0;
+        let mut slots_kept = 0;
+        let mut first_err = None;
+        // Every turn consumes at least one slot or stops: at most `limit` turns.
+        while at < limit && k < out.len() {
+            let valid = match self.empty.read(at, limit) {
+                Record::Read { rec, slots } => {
+                    at += slots;
+                    // Copied straight into the caller's array (a private copy), checked there.
+                    out[k] = rec;
+                    out[k].validate(&self.core.limits).map(|()| slots)
+                }
+                Record::Truncated { count } => {
+                    at += 1;
+                    Err(IoRecError::Truncated { count })
+                }
+                Record::Stop => break,
+            };
+            match valid {
+                Ok(slots) => {
+                    k += 1;
+                    slots_kept += slots;
+                }
                 Err(e) => {
-                    self.core.invalid(e);
+                    let e = self.core.invalid(e);
+                    if one {
+                        first_err = Some(e);
+                        break;
+                    }
                 }
             }
         }
-        if n > 0 {
-            self.empty.consume(n);
+        if at > 0 {
+            self.empty.consume(at);
             self.held += k as u32;
+            self.held_slots += slots_kept;
             self.core.counters.iorecs_in += k as u64;
             self.waker.notify_peer();
         }
-        Ok(k)
+        if one && k == 0 && first_err.is_none() {
+            self.core.counters.no_empty_buffer += 1;
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(k),
+        }
     }
 
     /// Copies `frame` into the buffer `rec` names (extents in order). `Err(TooLarge)` if it does
@@ -384,18 +428,20 @@ impl Producer {
     pub fn push_full_batch(&mut self, recs: &[(IoRec, usize)]) -> Result<()> {
         self.core.check()?;
         let n = u32::try_from(recs.len()).unwrap_or(u32::MAX);
-        if n > self.held {
+        let slots = recs.iter().map(|(r, _)| r.slots()).sum::<u32>();
+        if n > self.held || slots > self.held_slots {
             return Err(Error::NotHeld { offset: 0, len: 0 });
         }
         let room = self
             .full
-            .room(n)
+            .room(slots)
             .map_err(|e| self.core.index_violation(e))?;
-        if room < n {
+        if room < slots {
             return Err(Error::Full);
         }
-        self.full.prefetch(n);
-        for (i, (rec, len)) in recs.iter().enumerate() {
+        self.full.prefetch(slots);
+        let mut at = 0;
+        for (rec, len) in recs {
             let mut out = *rec;
             let mut left = *len as u64;
             for e in out
@@ -407,10 +453,11 @@ impl Producer {
                 e.len = take as u32;
                 left -= take;
             }
-            self.full.write(i as u32, &out);
+            at += self.full.write(at, &out);
         }
-        self.full.publish(n);
+        self.full.publish(at);
         self.held -= n;
+        self.held_slots -= at;
         self.core.counters.iorecs_out += u64::from(n);
         self.waker.notify_peer();
         Ok(())
@@ -423,7 +470,7 @@ impl Producer {
             &mut self.core,
             &mut self.empty,
             &mut self.full,
-            self.held,
+            self.held_slots,
             1,
         )? > 0)
     }
@@ -435,11 +482,12 @@ impl Producer {
             waker,
             empty,
             full,
-            held,
+            held_slots,
+            ..
         } = self;
         waker.wait(timeout, || {
             core.check()?;
-            Ok(takeable(core, empty, full, *held, 1)? > 0)
+            Ok(takeable(core, empty, full, *held_slots, 1)? > 0)
         })
     }
 
@@ -474,8 +522,10 @@ impl Producer {
     }
 }
 
-/// How many empty iorecs may be taken now: posted on the empty FIFO, with room on the full FIFO
-/// to push them and everything already held.
+/// How many slots may be consumed now: posted on the empty FIFO, with room on the full FIFO to
+/// push their iorecs and everything already held (`held` slots), and no more than `want` iorecs
+/// can take (two slots each).
+#[inline(always)]
 fn takeable(
     core: &mut Core,
     empty: &mut ConsCursor,
@@ -489,7 +539,9 @@ fn takeable(
     }
     let need = held.saturating_add(want.min(avail));
     let room = full.room(need).map_err(|e| core.index_violation(e))?;
-    Ok(avail.min(want).min(room.saturating_sub(held)))
+    Ok(avail
+        .min(want.saturating_mul(2))
+        .min(room.saturating_sub(held)))
 }
 
 impl AsFd for Producer {

@@ -22,8 +22,9 @@ pub const MAX_PACKET_BYTES: u32 = 1 << 20;
 
 /// "NEMRBUF1": the first word of every control area.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NEMRBUF1");
-/// Layout version of the control area.
-pub const VERSION: u32 = 1;
+/// Layout version of the control area. 2: 16-byte slots, an iorec takes one slot (one extent)
+/// or two (two or three extents), indices count slots. (1: one 32-byte slot per iorec.)
+pub const VERSION: u32 = 2;
 
 /// Geometry of one simplex channel. Trusted: it comes from the flow manager, not from the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +32,8 @@ pub const VERSION: u32 = 1;
 pub struct ChannelSpec {
     /// Size of the data area in bytes: a multiple of 4096 (of 2 MiB when `hugetlb`), at most 1 GiB.
     pub data_bytes: u64,
-    /// Slots per FIFO: a power of two, 2..=65536.
+    /// Slots per FIFO: a power of two, 2..=65536. A FIFO holds this many one-extent iorecs (an
+    /// iorec of two or three extents takes two slots).
     pub slots: u32,
     /// Largest total length of one iorec, 1..=min(data_bytes, 1 MiB).
     pub max_packet_bytes: u32,
@@ -111,13 +113,14 @@ pub(crate) struct ControlHeader {
     pub data_bytes: AtomicU64,
     /// The packet limit.
     pub max_packet_bytes: AtomicU64,
-    /// Full FIFO head: count of iorecs the producer has published. Written by the producer only.
+    /// Full FIFO head: count of slots the producer has published. Written by the producer only.
     pub full_head: CachePadded<AtomicU32>,
-    /// Full FIFO tail: count of iorecs the consumer has finished reading. Written by the consumer.
+    /// Full FIFO tail: count of slots the consumer has finished reading. Written by the consumer.
     pub full_tail: CachePadded<AtomicU32>,
-    /// Empty FIFO head: count of iorecs the consumer has handed back. Written by the consumer.
+    /// Empty FIFO head: count of slots the consumer has handed back. Written by the consumer.
     pub empty_head: CachePadded<AtomicU32>,
-    /// Empty FIFO tail: count of empty iorecs the producer has taken. Written by the producer.
+    /// Empty FIFO tail: count of slots of empty iorecs the producer has taken. Written by the
+    /// producer.
     pub empty_tail: CachePadded<AtomicU32>,
     /// Non-zero while the producer side is (about to be) asleep on its eventfd.
     pub prod_sleeping: CachePadded<AtomicU32>,

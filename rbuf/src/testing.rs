@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::channel::{create, ChannelFds};
 use crate::error::{Error, FifoId, Result};
-use crate::iorec::{Extent, IoRec, Limits, SLOT_BYTES};
+use crate::iorec::{slots_of_header, Extent, IoRec, Limits, RECORD_BYTES, SLOT_BYTES};
 use crate::region::Mapping;
 use crate::spec::{ChannelSpec, ControlHeader, HEADER_BYTES};
 use crate::{rmm, tmm};
@@ -106,14 +106,21 @@ impl RawControl {
         self.hdr().cons_sleeping.store(0, Ordering::Relaxed);
     }
 
-    /// Writes slot words at free-running index `index` of a FIFO.
-    pub fn write_slot(&self, fifo: FifoId, index: u32, words: [u64; 4]) {
-        let base = HEADER_BYTES
-            + match fifo {
-                FifoId::Full => 0,
-                FifoId::Empty => self.slots as usize * SLOT_BYTES,
-            };
-        let off = base + (index & (self.slots - 1)) as usize * SLOT_BYTES;
+    /// Writes a record image ([`IoRec::encode`]) from free-running slot index `index` of a FIFO
+    /// on: one slot, or two when its header word says so (the second at `index + 1`, wrapping
+    /// like the ring). Returns the slots written, to place the next record after it.
+    pub fn write_slot(&self, fifo: FifoId, index: u32, words: [u64; 4]) -> u32 {
+        self.write_raw_slot(fifo, index, [words[0], words[1]]);
+        if slots_of_header(words[0]) == 1 {
+            return 1;
+        }
+        self.write_raw_slot(fifo, index.wrapping_add(1), [words[2], words[3]]);
+        2
+    }
+
+    /// Writes the two words of one slot at free-running index `index` of a FIFO.
+    pub fn write_raw_slot(&self, fifo: FifoId, index: u32, words: [u64; 2]) {
+        let off = self.slots_offset(fifo) + (index & (self.slots - 1)) as usize * SLOT_BYTES;
         let mut b = [0u8; SLOT_BYTES];
         for (i, w) in words.iter().enumerate() {
             b[i * 8..i * 8 + 8].copy_from_slice(&w.to_ne_bytes());
@@ -131,20 +138,28 @@ impl RawControl {
     }
 }
 
-/// Fuzz body shared by `fuzz/fuzz_targets/iorec.rs` and the corpus replay test: decodes a slot
-/// and limits from `data`, validates, and checks that a valid iorec really is in bounds.
+/// Fuzz body shared by `fuzz/fuzz_targets/iorec.rs` and the corpus replay test: decodes a record
+/// image (two slots' worth of bytes, the second used only if the header says so) and limits from
+/// `data`, validates, and checks that a valid iorec really is in bounds.
 pub fn fuzz_iorec(data: &[u8]) {
-    if data.len() < SLOT_BYTES + 8 {
+    if data.len() < RECORD_BYTES + 8 {
         return;
     }
-    let mut slot = [0u8; SLOT_BYTES];
-    slot.copy_from_slice(&data[..SLOT_BYTES]);
-    let rec = IoRec::decode_bytes(&slot);
+    let mut image = [0u8; RECORD_BYTES];
+    image.copy_from_slice(&data[..RECORD_BYTES]);
+    let rec = IoRec::decode_bytes(&image);
     let word = |i: usize| u32::from_ne_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
     let limits = Limits {
-        data_bytes: u64::from(word(SLOT_BYTES)),
-        max_packet_bytes: word(SLOT_BYTES + 4),
+        data_bytes: u64::from(word(RECORD_BYTES)),
+        max_packet_bytes: word(RECORD_BYTES + 4),
     };
+    assert_eq!(
+        rec.slots(),
+        slots_of_header(u64::from_ne_bytes([
+            image[0], image[1], image[2], image[3], image[4], image[5], image[6], image[7]
+        ])),
+        "the record takes the slots its header says"
+    );
     assert_eq!(
         IoRec::decode(rec.encode()),
         rec,
@@ -313,6 +328,24 @@ fn run_script(ch: &FuzzChannels, data: &[u8]) -> Result<()> {
             12 => {
                 let _ = drv_tx.pop().map(|r| r.inspect(|r| held_tx.push(*r)));
                 let _ = drv_rx.take_empty().map(|r| r.inspect(|r| held_rx.push(*r)));
+            }
+            14 => {
+                // An iorec of two or three extents (two slots), each in a buffer of its own.
+                let n = 2 + usize::from(next().unwrap_or(0) & 1);
+                let mut exts = [Extent::default(); 3];
+                let got = app_tx.alloc_batch(usize::from(next().unwrap_or(0)), &mut exts[..n]);
+                if let Ok(k) = got {
+                    match IoRec::from_extents(&exts[..k], u16::from(op)) {
+                        Some(rec) if k > 1 => {
+                            let _ = app_tx.push(rec);
+                        }
+                        _ => {
+                            for e in &exts[..k] {
+                                let _ = app_tx.free(*e);
+                            }
+                        }
+                    }
+                }
             }
             _ => {
                 let e = Extent::new(

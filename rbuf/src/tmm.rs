@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use crate::channel::{ChannelFds, Core, FdSource, Side};
 use crate::counters::Counters;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoRecError, Result};
 use crate::event::Waker;
 use crate::iorec::{Extent, IoRec};
 use crate::pool::Pool;
-use crate::ring::{ConsCursor, ProdCursor};
+use crate::ring::{ConsCursor, ProdCursor, Record};
 use crate::spec::ChannelSpec;
 
 /// The application's end of a transmit channel: owns the buffer allocator, pushes iorecs on the
@@ -33,8 +33,8 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Attaches from the channel's fds (data fd read-write) and the trusted spec., checking every
-    /// fd exactly ([`FdSource::Any`]).
+    /// Attaches from the channel's fds (data fd read-write) and the trusted spec,
+    /// checking every fd exactly ([`FdSource::Any`]).
     pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
         Self::attach_from(spec, fds, FdSource::Any)
     }
@@ -68,6 +68,25 @@ impl Producer {
             self.reclaim()?;
         }
         Ok(self.pool.alloc().map(|e| Extent::new(e.offset, len as u32)))
+    }
+
+    /// Takes up to `out.len()` free buffers for `len` bytes each, at once (reclaiming returned
+    /// ones first if fewer are free); returns how many it stored at the front of `out` (0: every
+    /// buffer is in flight). Each extent covers `len` bytes at its buffer's start.
+    #[inline]
+    pub fn alloc_batch(&mut self, len: usize, out: &mut [Extent]) -> Result<usize> {
+        self.core.check()?;
+        let max = self.pool.buf_len() as usize;
+        if len > max {
+            return Err(Error::TooLarge {
+                requested: len,
+                max,
+            });
+        }
+        if self.pool.free_count() < out.len() {
+            self.reclaim()?;
+        }
+        Ok(self.pool.alloc_batch(len as u32, out))
     }
 
     /// The writable bytes of `extent`, which must lie in a buffer this producer holds (allocated,
@@ -112,6 +131,7 @@ impl Producer {
     #[inline]
     pub fn push_batch(&mut self, recs: &[IoRec]) -> Result<usize> {
         self.core.check()?;
+        // Slots wanted if every iorec has one extent (the usual case); more are taken as they fit.
         let want = u32::try_from(recs.len()).unwrap_or(u32::MAX);
         let mut room = self
             .full
@@ -125,26 +145,29 @@ impl Producer {
                 .refresh()
                 .map_err(|e| self.core.index_violation(e))?;
         }
-        let n = want.min(room);
-        if n < want {
-            self.core.counters.full += 1;
-        }
-        self.full.prefetch(n);
+        self.full.prefetch(want.min(room));
+        let mut used = 0u32;
         let mut done = 0u32;
         let mut err = None;
-        for rec in &recs[..n as usize] {
+        for rec in recs {
+            if used + rec.slots() > room {
+                break;
+            }
             if let Err(e) = self.pool.hand_out(rec) {
                 err = Some(e);
                 break;
             }
-            self.full.write(done, rec);
+            used += self.full.write(used, rec);
             done += 1;
         }
+        if done < want && err.is_none() {
+            self.core.counters.full += 1;
+        }
         if done > 0 {
-            self.full.publish(done);
+            self.full.publish(used);
             self.core.counters.iorecs_out += u64::from(done);
             self.waker.notify_peer();
-            self.since_reclaim += done;
+            self.since_reclaim += used;
             if self.since_reclaim >= self.core.full.size / 4 {
                 self.reclaim()?;
             }
@@ -238,17 +261,30 @@ fn reclaim(
     let avail = empty.refresh().map_err(|e| core.index_violation(e))?;
     empty.prefetch(avail);
     let mut ok = 0;
-    for i in 0..avail {
-        let rec = empty.read(i);
-        match pool.take_back_free(&rec) {
+    let mut at = 0;
+    // Every turn consumes at least one slot: at most `avail` ≤ ring size turns.
+    while at < avail {
+        let taken = match empty.read(at, avail) {
+            Record::Read { rec, slots } => {
+                at += slots;
+                pool.take_back_free(&rec)
+            }
+            Record::Truncated { count } => {
+                at += 1;
+                Err(IoRecError::Truncated { count })
+            }
+            // Cannot happen with `limit == avail`; stop rather than spin.
+            Record::Stop => break,
+        };
+        match taken {
             Ok(()) => ok += 1,
             Err(e) => {
                 core.invalid(e);
             }
         }
     }
-    if avail > 0 {
-        empty.consume(avail);
+    if at > 0 {
+        empty.consume(at);
         core.counters.iorecs_in += ok as u64;
         waker.notify_peer();
     }
@@ -283,14 +319,16 @@ pub struct Consumer {
     waker: Waker,
     full: ConsCursor,
     empty: ProdCursor,
-    /// Iorecs popped and not yet released: `pop` only runs while the empty FIFO has room for all
-    /// of them, so `release` never finds it full.
+    /// Iorecs popped and not yet released.
     held: u32,
+    /// Slots those take on the empty FIFO: `pop` only runs while the empty FIFO has room for all
+    /// of them, so `release` never finds it full.
+    held_slots: u32,
 }
 
 impl Consumer {
-    /// Attaches from the channel's fds (the data fd may be read-only) and the trusted spec., checking every
-    /// fd exactly ([`FdSource::Any`]).
+    /// Attaches from the channel's fds (the data fd may be read-only) and the trusted spec,
+    /// checking every fd exactly ([`FdSource::Any`]).
     pub fn attach(spec: &ChannelSpec, fds: ChannelFds) -> Result<Self> {
         Self::attach_from(spec, fds, FdSource::Any)
     }
@@ -302,6 +340,7 @@ impl Consumer {
             full: ConsCursor::new(core.full, 0),
             empty: ProdCursor::new(core.empty, 0),
             held: 0,
+            held_slots: 0,
             core,
             waker,
         })
@@ -311,27 +350,10 @@ impl Consumer {
     /// An invalid iorec is consumed, counted and returned as `Err(InvalidIoRec)`.
     #[inline]
     pub fn pop(&mut self) -> Result<Option<IoRec>> {
-        self.core.check()?;
-        if poppable(
-            &mut self.core,
-            &mut self.full,
-            &mut self.empty,
-            self.held,
-            1,
-        )? == 0
-        {
-            return Ok(None);
-        }
-        let rec = self.full.read(0);
-        self.full.consume(1);
-        self.waker.notify_peer();
-        match rec.validate(&self.core.limits) {
-            Ok(()) => {
-                self.held += 1;
-                self.core.counters.iorecs_in += 1;
-                Ok(Some(rec))
-            }
-            Err(e) => Err(self.core.invalid(e)),
+        let mut out = [IoRec::default()];
+        match self.pop_records(&mut out, true)? {
+            0 => Ok(None),
+            _ => Ok(Some(out[0])),
         }
     }
 
@@ -339,34 +361,66 @@ impl Consumer {
     /// `out`. Invalid ones are consumed, counted and skipped.
     #[inline]
     pub fn pop_batch(&mut self, out: &mut [IoRec]) -> Result<usize> {
+        self.pop_records(out, false)
+    }
+
+    /// `pop_batch`; with `one`, an invalid first iorec is returned as its error instead.
+    #[inline(always)]
+    fn pop_records(&mut self, out: &mut [IoRec], one: bool) -> Result<usize> {
         self.core.check()?;
         let want = u32::try_from(out.len()).unwrap_or(u32::MAX);
-        let n = poppable(
+        let limit = poppable(
             &mut self.core,
             &mut self.full,
             &mut self.empty,
-            self.held,
+            self.held_slots,
             want,
         )?;
-        self.full.prefetch(n);
+        self.full.prefetch(limit.min(want));
         let mut k = 0;
-        for i in 0..n {
-            // Decoded straight into the caller's array (a private copy), then validated there.
-            out[k] = self.full.read(i);
-            match out[k].validate(&self.core.limits) {
-                Ok(()) => k += 1,
+        let mut at = 0;
+        let mut slots_kept = 0;
+        let mut first_err = None;
+        // Every turn consumes at least one slot or stops: at most `limit` turns.
+        while at < limit && k < out.len() {
+            let valid = match self.full.read(at, limit) {
+                Record::Read { rec, slots } => {
+                    at += slots;
+                    // Copied straight into the caller's array (a private copy), checked there.
+                    out[k] = rec;
+                    out[k].validate(&self.core.limits).map(|()| slots)
+                }
+                Record::Truncated { count } => {
+                    at += 1;
+                    Err(IoRecError::Truncated { count })
+                }
+                Record::Stop => break,
+            };
+            match valid {
+                Ok(slots) => {
+                    k += 1;
+                    slots_kept += slots;
+                }
                 Err(e) => {
-                    self.core.invalid(e);
+                    let e = self.core.invalid(e);
+                    if one {
+                        first_err = Some(e);
+                        break;
+                    }
                 }
             }
         }
-        if n > 0 {
-            self.full.consume(n);
+        if at > 0 {
+            self.full.consume(at);
             self.held += k as u32;
+            self.held_slots += slots_kept;
             self.core.counters.iorecs_in += k as u64;
             self.waker.notify_peer();
         }
-        Ok(k)
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(k),
+        }
     }
 
     /// Copies the bytes of `rec`'s extents, in order, into `dst`; returns the length. The bytes
@@ -403,22 +457,25 @@ impl Consumer {
     pub fn release_batch(&mut self, recs: &[IoRec]) -> Result<()> {
         self.core.check()?;
         let n = u32::try_from(recs.len()).unwrap_or(u32::MAX);
-        if n > self.held {
+        let slots = recs.iter().map(|r| r.slots()).sum::<u32>();
+        if n > self.held || slots > self.held_slots {
             return Err(Error::NotHeld { offset: 0, len: 0 });
         }
         let room = self
             .empty
-            .room(n)
+            .room(slots)
             .map_err(|e| self.core.index_violation(e))?;
-        if room < n {
+        if room < slots {
             return Err(Error::Full);
         }
-        self.empty.prefetch(n);
-        for (i, rec) in recs.iter().enumerate() {
-            self.empty.write(i as u32, rec);
+        self.empty.prefetch(slots);
+        let mut at = 0;
+        for rec in recs {
+            at += self.empty.write(at, rec);
         }
-        self.empty.publish(n);
+        self.empty.publish(at);
         self.held -= n;
+        self.held_slots -= at;
         self.core.counters.iorecs_out += u64::from(n);
         self.waker.notify_peer();
         Ok(())
@@ -431,7 +488,7 @@ impl Consumer {
             &mut self.core,
             &mut self.full,
             &mut self.empty,
-            self.held,
+            self.held_slots,
             1,
         )? > 0)
     }
@@ -443,11 +500,12 @@ impl Consumer {
             waker,
             full,
             empty,
-            held,
+            held_slots,
+            ..
         } = self;
         waker.wait(timeout, || {
             core.check()?;
-            Ok(poppable(core, full, empty, *held, 1)? > 0)
+            Ok(poppable(core, full, empty, *held_slots, 1)? > 0)
         })
     }
 
@@ -488,8 +546,10 @@ impl Consumer {
     }
 }
 
-/// How many iorecs may be popped now: available on the full FIFO, with room on the empty FIFO to
-/// release them and everything already held.
+/// How many slots may be consumed now: available on the full FIFO, with room on the empty FIFO
+/// to release their iorecs and everything already held (`held` slots), and no more than `want`
+/// iorecs can take (two slots each).
+#[inline(always)]
 fn poppable(
     core: &mut Core,
     full: &mut ConsCursor,
@@ -503,7 +563,9 @@ fn poppable(
     }
     let need = held.saturating_add(want.min(avail));
     let room = empty.room(need).map_err(|e| core.index_violation(e))?;
-    Ok(avail.min(want).min(room.saturating_sub(held)))
+    Ok(avail
+        .min(want.saturating_mul(2))
+        .min(room.saturating_sub(held)))
 }
 
 impl AsFd for Consumer {

@@ -271,10 +271,12 @@ fn hostile(a: &Args, sock: &mut UnixStream, fds: ChannelFds) -> Result<String, S
                 ext(0, a.spec.max_packet_bytes + 1),  // too long
                 ext(512, 64),                         // valid
             ];
-            for (i, w) in recs.iter().enumerate() {
-                raw.write_slot(fifo, i as u32, *w);
+            // One after the other: the one with count 7 takes two slots.
+            let mut at = 0;
+            for w in &recs {
+                at += raw.write_slot(fifo, at, *w);
             }
-            raw.set_index(head, recs.len() as u32);
+            raw.set_index(head, at);
             Ok(format!("wrote {} iorecs", recs.len()))
         }
         "truncate" => {
@@ -284,7 +286,7 @@ fn hostile(a: &Args, sock: &mut UnixStream, fds: ChannelFds) -> Result<String, S
             };
             let d = errno(rustix::fs::ftruncate(&fds.data, 0));
             let g = errno(rustix::fs::ftruncate(&fds.data, a.spec.data_bytes * 2));
-            let c = errno(rustix::fs::ftruncate(&fds.control, 4096));
+            let c = errno(rustix::fs::ftruncate(&fds.control, 0));
             let s = errno(rustix::fs::fcntl_add_seals(
                 &fds.data,
                 rustix::fs::SealFlags::WRITE,
