@@ -57,7 +57,10 @@
 //! two or three extents two consecutive slots (see [`iorec`] and [`IoRec::encode`]); indices
 //! count slots. A consumer decides from its private copy of a record's header whether to read a
 //! second slot, and a record that runs past the published index is an error (counted), not a
-//! wait. See [`ring`] for the ordering of every atomic.
+//! wait. A slave takes a record only while the FIFO it returns it on has room for its slots
+//! (so `release`/`push_full` never find it full); a two-slot record at the head waits, and the
+//! endpoint is not [`ready`](tmm::Consumer::ready), until there are two. See [`ring`] for the
+//! ordering of every atomic.
 //!
 //! # Example: TMM (app → driver)
 //! ```

@@ -367,6 +367,19 @@ impl ConsCursor {
         Record::Read { rec, slots: 2 }
     }
 
+    /// Whether a call allowed to consume `limit` slots (from [`avail`](Self::avail)'s count)
+    /// would take the record at the head: always with two or more; with one, unless the head is
+    /// a whole two-slot record (a header saying two slots with one published is consumed as
+    /// invalid). Peeks at the header only to answer readiness; `read` copies it again.
+    #[inline]
+    pub(crate) fn head_fits(&self, limit: u32) -> bool {
+        match limit {
+            0 => false,
+            1 => self.avail_cached() < 2 || slots_of_header(self.view.read_slot(self.tail)[0]) == 1,
+            _ => true,
+        }
+    }
+
     /// Hands `n` read slots back to the producer.
     #[inline]
     pub(crate) fn consume(&mut self, n: u32) {

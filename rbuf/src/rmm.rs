@@ -428,7 +428,9 @@ impl Producer {
     pub fn push_full_batch(&mut self, recs: &[(IoRec, usize)]) -> Result<()> {
         self.core.check()?;
         let n = u32::try_from(recs.len()).unwrap_or(u32::MAX);
-        let slots = recs.iter().map(|(r, _)| r.slots()).sum::<u32>();
+        let slots = recs
+            .iter()
+            .fold(0u32, |a, (r, _)| a.saturating_add(r.slots()));
         if n > self.held || slots > self.held_slots {
             return Err(Error::NotHeld { offset: 0, len: 0 });
         }
@@ -466,13 +468,14 @@ impl Producer {
     /// Whether `take_empty` would return something now.
     pub fn ready(&mut self) -> Result<bool> {
         self.core.check()?;
-        Ok(takeable(
+        let limit = takeable(
             &mut self.core,
             &mut self.empty,
             &mut self.full,
             self.held_slots,
             1,
-        )? > 0)
+        )?;
+        Ok(self.empty.head_fits(limit))
     }
 
     /// Blocks until [`ready`](Self::ready) or `timeout` (`Err(Timeout)`).
@@ -487,7 +490,8 @@ impl Producer {
         } = self;
         waker.wait(timeout, || {
             core.check()?;
-            Ok(takeable(core, empty, full, *held_slots, 1)? > 0)
+            let limit = takeable(core, empty, full, *held_slots, 1)?;
+            Ok(empty.head_fits(limit))
         })
     }
 
@@ -537,11 +541,13 @@ fn takeable(
     if avail == 0 {
         return Ok(0);
     }
-    let need = held.saturating_add(want.min(avail));
-    let room = full.room(need).map_err(|e| core.index_violation(e))?;
-    Ok(avail
-        .min(want.saturating_mul(2))
-        .min(room.saturating_sub(held)))
+    // Up to two slots per iorec: read the consumer's index again unless the cached room covers
+    // the most this call could take (else a stale view could keep a two-slot record waiting).
+    let want = want.saturating_mul(2).min(avail);
+    let room = full
+        .room(held.saturating_add(want))
+        .map_err(|e| core.index_violation(e))?;
+    Ok(want.min(room.saturating_sub(held)))
 }
 
 impl AsFd for Producer {

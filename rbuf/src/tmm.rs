@@ -131,13 +131,15 @@ impl Producer {
     #[inline]
     pub fn push_batch(&mut self, recs: &[IoRec]) -> Result<usize> {
         self.core.check()?;
-        // Slots wanted if every iorec has one extent (the usual case); more are taken as they fit.
         let want = u32::try_from(recs.len()).unwrap_or(u32::MAX);
+        // Slots the whole batch takes (one per one-extent iorec, two otherwise): the consumer's
+        // index is read again whenever the cached room is short of that.
+        let want_slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
         let mut room = self
             .full
-            .room(want)
+            .room(want_slots)
             .map_err(|e| self.core.index_violation(e))?;
-        if room < want {
+        if room < want_slots {
             // The consumer only pops while it has room to hand buffers back: reclaim first.
             self.reclaim()?;
             room = self
@@ -145,7 +147,7 @@ impl Producer {
                 .refresh()
                 .map_err(|e| self.core.index_violation(e))?;
         }
-        self.full.prefetch(want.min(room));
+        self.full.prefetch(want_slots.min(room));
         let mut used = 0u32;
         let mut done = 0u32;
         let mut err = None;
@@ -457,7 +459,7 @@ impl Consumer {
     pub fn release_batch(&mut self, recs: &[IoRec]) -> Result<()> {
         self.core.check()?;
         let n = u32::try_from(recs.len()).unwrap_or(u32::MAX);
-        let slots = recs.iter().map(|r| r.slots()).sum::<u32>();
+        let slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
         if n > self.held || slots > self.held_slots {
             return Err(Error::NotHeld { offset: 0, len: 0 });
         }
@@ -484,13 +486,14 @@ impl Consumer {
     /// Whether `pop` would return something now.
     pub fn ready(&mut self) -> Result<bool> {
         self.core.check()?;
-        Ok(poppable(
+        let limit = poppable(
             &mut self.core,
             &mut self.full,
             &mut self.empty,
             self.held_slots,
             1,
-        )? > 0)
+        )?;
+        Ok(self.full.head_fits(limit))
     }
 
     /// Blocks until [`ready`](Self::ready) or `timeout` (`Err(Timeout)`).
@@ -505,7 +508,8 @@ impl Consumer {
         } = self;
         waker.wait(timeout, || {
             core.check()?;
-            Ok(poppable(core, full, empty, *held_slots, 1)? > 0)
+            let limit = poppable(core, full, empty, *held_slots, 1)?;
+            Ok(full.head_fits(limit))
         })
     }
 
@@ -561,11 +565,13 @@ fn poppable(
     if avail == 0 {
         return Ok(0);
     }
-    let need = held.saturating_add(want.min(avail));
-    let room = empty.room(need).map_err(|e| core.index_violation(e))?;
-    Ok(avail
-        .min(want.saturating_mul(2))
-        .min(room.saturating_sub(held)))
+    // Up to two slots per iorec: read the producer's index again unless the cached room covers
+    // the most this call could take (else a stale view could keep a two-slot record waiting).
+    let want = want.saturating_mul(2).min(avail);
+    let room = empty
+        .room(held.saturating_add(want))
+        .map_err(|e| core.index_violation(e))?;
+    Ok(want.min(room.saturating_sub(held)))
 }
 
 impl AsFd for Consumer {

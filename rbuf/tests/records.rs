@@ -137,7 +137,17 @@ fn a_two_slot_record_waits_for_room_to_return_it() {
     app.push(IoRec::from_extents(&exts, 0).unwrap()).unwrap();
     // 7 of the empty FIFO's 8 slots are spoken for: no room to return two more.
     assert_eq!(drv.pop().unwrap(), None);
+    assert!(
+        !drv.ready().unwrap(),
+        "not ready: the head record does not fit"
+    );
     drv.release_batch(&held).unwrap();
+    // The seven returned slots stay on the empty FIFO until the app reclaims them: still one
+    // slot of room, still no pop (and not ready, so a blocking driver sleeps instead of spinning).
+    assert_eq!(drv.pop().unwrap(), None);
+    assert!(!drv.ready().unwrap());
+    assert_eq!(app.reclaim().unwrap(), 7);
+    assert!(drv.ready().unwrap());
     let r = drv.pop().unwrap().expect("the two-slot iorec");
     assert_eq!((r.count, r.slots()), (2, 2));
     drv.release(r).unwrap();

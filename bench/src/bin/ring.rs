@@ -3,11 +3,12 @@
 //!
 //! Both are driven by the same harness through the same "channel" protocol: the producer takes
 //! a buffer, hands an entry over on a *full* ring, the consumer takes it and hands it back on an
-//! *empty* ring. For nemflow that is a TMM channel (`tmm::Producer` alloc/push/reclaim,
-//! `tmm::Consumer` pop/validate/release: 32-byte iorecs). For `rte_ring` it is two SP/SC rings of
-//! 16-byte elements (`rte_ring_{enqueue,dequeue}_burst_elem`), initialised with `rte_ring_init`
-//! in a shared memfd that the child maps too. The child process (this binary re-executed with
-//! `--child`) is the producer on CPU 1; the parent is the consumer on CPU 0 and keeps the time.
+//! *empty* ring. For nemflow that is a TMM channel (`tmm::Producer` alloc_batch/push/reclaim,
+//! `tmm::Consumer` pop/validate/release: one-extent iorecs, one 16-byte slot each). For
+//! `rte_ring` it is two SP/SC rings of 16-byte elements (`rte_ring_{enqueue,dequeue}_burst_elem`),
+//! initialised with `rte_ring_init` in a shared memfd that the child maps too. The child process
+//! (this binary re-executed with `--child`) is the producer on CPU 1; the parent is the consumer
+//! on CPU 0 and keeps the time.
 //!
 //! `ring [--iters N] [--runs R] [--lat-samples S]`: prints a Markdown table of medians.
 
@@ -19,7 +20,7 @@ use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use nemflow_rbuf::{create, fdpass, tmm, ChannelFds, ChannelSpec, IoRec};
+use nemflow_rbuf::{create, fdpass, tmm, ChannelFds, ChannelSpec, Extent, IoRec};
 use rustix::mm::{MapFlags, ProtFlags};
 
 /// `RING_F_SP_ENQ | RING_F_SC_DEQ` from `rte_ring.h` (macros, so not in the bindings).
@@ -27,7 +28,7 @@ const RING_SP_SC: u32 = 0x0001 | 0x0002;
 /// Slots per ring (both implementations).
 const SLOTS: u32 = 1024;
 /// Largest `rte_ring` element the shared rings are sized for (the anchor uses 16; 32 is shown too,
-/// the size of an rbuf slot).
+/// the size of a two-slot rbuf record, i.e. of every rbuf iorec before slots became 16 bytes).
 const MAX_ELEM_BYTES: u32 = 32;
 
 fn spec() -> ChannelSpec {
@@ -43,7 +44,7 @@ fn spec() -> ChannelSpec {
 enum Imp {
     Rbuf,
     RteRing,
-    /// `rte_ring` with 32-byte elements: the same bytes per entry as an rbuf slot.
+    /// `rte_ring` with 32-byte elements: the bytes of a two-slot rbuf record.
     RteRing32,
 }
 
@@ -231,18 +232,19 @@ fn child(args: &[String]) -> Result<(), String> {
 
 fn rbuf_tput(p: &mut tmm::Producer, n: u64, batch: usize) -> Result<(), String> {
     let mut recs = vec![IoRec::default(); batch];
+    let mut exts = vec![Extent::default(); batch];
     let mut ready = 0usize;
     let mut sent = 0u64;
     while sent < n {
         let want = batch.min((n - sent) as usize);
-        while ready < want {
-            match p.alloc(64).map_err(|e| e.to_string())? {
-                Some(e) => {
-                    recs[ready] = IoRec::single(e, 0);
-                    ready += 1;
-                }
-                None => break,
+        if ready < want {
+            let got = p
+                .alloc_batch(64, &mut exts[..want - ready])
+                .map_err(|e| e.to_string())?;
+            for (r, e) in recs[ready..].iter_mut().zip(&exts[..got]) {
+                *r = IoRec::single(*e, 0);
             }
+            ready += got;
         }
         let k = p.push_batch(&recs[..ready]).map_err(|e| e.to_string())?;
         recs.copy_within(k..ready, 0);
