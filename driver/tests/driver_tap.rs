@@ -583,7 +583,9 @@ fn capture(
         };
         quiet_since = None;
         for f in block.frames() {
-            let f = f?.data;
+            // As on the wire: a VLAN tag the kernel stripped is put back.
+            let wire = f?.wire_bytes();
+            let f = &*wire;
             let mark = f.get(HDR..HDR + 18);
             let verdict = if mark == Some(HOSTILE_MARK) {
                 seen.hostile += 1;

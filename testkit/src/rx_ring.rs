@@ -326,6 +326,36 @@ pub struct RxFrame<'b> {
     pub pkttype: u8,
     /// Kernel receive time, ns since the Unix epoch.
     pub timestamp_ns: u64,
+    /// The VLAN tag the kernel took off the frame before `data` (it strips a received frame's
+    /// outer tag), if it had one: see [`RxFrame::wire_bytes`].
+    pub vlan: Option<VlanTag>,
+}
+
+/// A VLAN tag as it was on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VlanTag {
+    /// The tag protocol identifier (0x8100, 0x88a8, …).
+    pub tpid: u16,
+    /// The tag control information (priority, DEI, VLAN id).
+    pub tci: u16,
+}
+
+impl<'b> RxFrame<'b> {
+    /// The frame as it was on the wire: `data` with the stripped VLAN tag, if any, put back
+    /// after the MAC addresses.
+    pub fn wire_bytes(&self) -> std::borrow::Cow<'b, [u8]> {
+        match self.vlan {
+            Some(tag) if self.data.len() >= 12 => {
+                let mut f = Vec::with_capacity(self.data.len() + 4);
+                f.extend_from_slice(&self.data[..12]);
+                f.extend_from_slice(&tag.tpid.to_be_bytes());
+                f.extend_from_slice(&tag.tci.to_be_bytes());
+                f.extend_from_slice(&self.data[12..]);
+                std::borrow::Cow::Owned(f)
+            }
+            _ => std::borrow::Cow::Borrowed(self.data),
+        }
+    }
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
@@ -458,6 +488,22 @@ impl<'b> Frames<'b> {
         let nsec = field(offset_of!(libc::tpacket3_hdr, tp_nsec))?;
         let snaplen = field(offset_of!(libc::tpacket3_hdr, tp_snaplen))? as usize;
         let wire_len = field(offset_of!(libc::tpacket3_hdr, tp_len))?;
+        let status = field(offset_of!(libc::tpacket3_hdr, tp_status))?;
+        let hv1 = at + offset_of!(libc::tpacket3_hdr, hv1);
+        let tci = u32_at(b, hv1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tci)).unwrap_or(0);
+        let tpid = u16_at(
+            b,
+            hv1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tpid),
+        )
+        .unwrap_or(0);
+        let vlan = (status & libc::TP_STATUS_VLAN_VALID != 0).then(|| VlanTag {
+            tpid: if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                tpid
+            } else {
+                0x8100
+            },
+            tci: tci as u16,
+        });
         let mac = u16_at(b, at + offset_of!(libc::tpacket3_hdr, tp_mac)).unwrap_or(0) as usize;
         // The link-layer address follows the header, aligned (TPACKET_ALIGN).
         let sll = at + size_of::<libc::tpacket3_hdr>().next_multiple_of(libc::TPACKET_ALIGNMENT);
@@ -485,6 +531,7 @@ impl<'b> Frames<'b> {
                 wire_len,
                 pkttype,
                 timestamp_ns: u64::from(sec) * 1_000_000_000 + u64::from(nsec),
+                vlan,
             },
             next,
         ))

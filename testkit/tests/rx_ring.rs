@@ -139,3 +139,32 @@ fn a_full_ring_counts_its_drops() {
     assert_eq!(got.len() as u64 + st.drops, u64::from(sent), "{st:?}");
     assert_eq!(st.packets, u64::from(sent), "{st:?}");
 }
+
+#[test]
+fn a_vlan_tag_the_kernel_strips_is_put_back() {
+    let l = link();
+    let tx = RawSocket::bind_in(l.a.name(), &l.a_if).unwrap();
+    let mut ring = RxRing::bind_in(l.b.name(), &l.b_if, RingGeometry::default()).unwrap();
+    let mut sent = Vec::new();
+    for (tpid, tci) in [(0x8100u16, 0x2005u16), (0x88a8, 0x0123)] {
+        let mut f = frame(sent.len() as u32, 64);
+        f.splice(
+            12..12,
+            tpid.to_be_bytes().into_iter().chain(tci.to_be_bytes()),
+        );
+        tx.send(&f).unwrap();
+        sent.push((f, tpid, tci));
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < sent.len() && Instant::now() < deadline {
+        if let Some(block) = ring.next_block(Duration::from_millis(50)).unwrap() {
+            for f in block.frames() {
+                let f = f.unwrap();
+                let tag = f.vlan.expect("the kernel strips the outer tag");
+                got.push((f.wire_bytes().into_owned(), tag.tpid, tag.tci));
+            }
+        }
+    }
+    assert_eq!(got, sent);
+}
