@@ -1,7 +1,7 @@
 //! Helpers shared by nemflow's integration tests and its experiments harness: unique names,
-//! network namespaces, raw AF_PACKET sockets on kernel interfaces, hand-made frames, real driver
-//! and flow-manager processes, and guards that clean up DPDK runtime files, tap interfaces and
-//! namespaces even when a test fails midway.
+//! network namespaces, raw AF_PACKET sockets and mmap'd receive rings on kernel interfaces,
+//! hand-made frames, real driver and flow-manager processes, and guards that clean up DPDK
+//! runtime files, tap interfaces and namespaces even when a test fails midway.
 //!
 //! Tests that use these need root (CI runs as root); they fail with a clear message otherwise.
 
@@ -10,6 +10,7 @@ pub mod flows;
 pub mod frames;
 mod netns;
 mod raw;
+mod rx_ring;
 pub mod system;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use netns::{ip, Netns};
 pub use raw::RawSocket;
+pub use rx_ring::{Block, Frames, RingGeometry, RingStats, RxFrame, RxRing, VlanTag};
 
 /// A name unique to this process and call, at most 15 bytes (fits a Linux interface name):
 /// `prefix` (≤ 6 bytes) + pid + a counter.
