@@ -74,22 +74,27 @@ impl TapPeer {
     }
 }
 
-/// Deletes `netns` if it holds no interface but `lo`.
-fn remove_stale(netns: &str) -> Result<(), TapPeerError> {
-    let out = Command::new("ip")
+/// The interfaces in `netns` other than `lo` (a namespace that cannot be listed counts as
+/// holding `?`: better left alone).
+pub fn interfaces_in(netns: &str) -> Vec<String> {
+    let out = match Command::new("ip")
         .args(["-n", netns, "-o", "link", "show"])
         .output()
-        .map_err(|e| TapPeerError {
-            cmd: format!("-n {netns} -o link show"),
-            why: e.to_string(),
-        })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let others: Vec<&str> = text
+    {
+        Ok(o) if o.status.success() => o,
+        _ => return vec!["?".into()],
+    };
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().split('@').next().unwrap_or_default())
-        .filter(|n| *n != "lo")
-        .collect();
+        .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
+        .filter(|n| n != "lo")
+        .collect()
+}
+
+/// Deletes `netns` if it holds no interface but `lo`.
+fn remove_stale(netns: &str) -> Result<(), TapPeerError> {
+    let others = interfaces_in(netns);
     if !others.is_empty() {
         return Err(TapPeerError {
             cmd: format!("netns add {netns}"),
