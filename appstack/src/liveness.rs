@@ -9,7 +9,8 @@
 //!   down, or lost its driver and with it every flow): at once.
 //! - **without one** (the flow manager crashed or was killed): the driver still carries the
 //!   flow, so its data keeps moving. The flow is *orphaned*: its flow manager's socket is probed
-//!   (at most every [`PROBE_INTERVAL`], and only when the app waits or finds nothing to do),
+//!   (at most every [`PROBE_INTERVAL`], the first time one interval after the hang-up, and
+//!   only when the app waits or finds nothing to do),
 //!   and once a flow manager listens there again the flow counts as revoked, since a flow
 //!   manager removes at start every flow the driver still holds (`flowmgr` crate docs).
 //!
@@ -106,6 +107,10 @@ impl Liveness {
                         Some(reason) => LivenessState::Revoked(reason),
                         None => LivenessState::Orphaned,
                     };
+                    // The first probe waits a full interval: a flow manager being killed
+                    // closes our connection a moment before its listening socket, and a
+                    // probe in that moment would take the dying one for a new one.
+                    self.last_probe = Some(now);
                 }
             }
             LivenessState::Orphaned => {

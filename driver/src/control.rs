@@ -5,6 +5,16 @@
 //! no lock. A client that sends garbage gets an error reply and is disconnected; one that stops
 //! reading is disconnected after a short write timeout; a peer that is not root is refused at
 //! accept time (SO_PEERCRED).
+//!
+//! **One flow manager at a time.** The first connection that changes flows (`InstallFlow`,
+//! `RemoveFlow`, `SetQos`) becomes the driver's flow manager until it disconnects; while it is
+//! connected, any other connection's change is refused with [`Kind::Busy`] and a message naming
+//! the holder's pid, so a second flow manager stops at start-up with one clear line instead of
+//! removing the first one's flows. Other requests (hello, statistics, drop log, port info,
+//! captures) stay open to every root client: `nemflow capture`, `nemflow up` and tests read while
+//! the flow manager runs. Once the flow manager's connection closes (it exited or was killed),
+//! the next connection that changes flows takes its place; the flows it left stay installed and
+//! keep moving until then (a new flow manager removes them first: `nemflow_flowmgr` docs).
 
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
@@ -53,6 +63,8 @@ struct Client {
     pid: i32,
     /// Captures this client started: stopped when it leaves.
     captures: Vec<u32>,
+    /// This connection is the driver's flow manager (it changed flows first).
+    manages: bool,
 }
 
 /// The listening control socket and its clients.
@@ -119,8 +131,10 @@ impl ControlServer {
     pub fn poll<P: Port>(&mut self, dp: &mut Datapath<P>, now_ns: u64) -> usize {
         self.accept();
         let mut served = 0;
+        // The flow manager's pid, if a connection holds that role.
+        let mut manager = self.clients.iter().find(|c| c.manages).map(|c| c.pid);
         self.clients.retain_mut(|client| {
-            let keep = match serve(client, dp, now_ns) {
+            let keep = match serve(client, dp, now_ns, &mut manager) {
                 Ok(n) => {
                     served += n;
                     true
@@ -137,6 +151,14 @@ impl ControlServer {
             if !keep {
                 for id in client.captures.drain(..) {
                     dp.capture_stop(id);
+                }
+                if client.manages {
+                    manager = None;
+                    tracing::info!(
+                        pid = client.pid,
+                        flows = dp.port_info().flows,
+                        "the flow manager's connection closed: its flows stay until a new flow manager removes them"
+                    );
                 }
             }
             keep
@@ -182,6 +204,7 @@ impl ControlServer {
                 decoder: Decoder::new(INSTALL_FLOW_FDS),
                 pid: creds.pid.as_raw_nonzero().get(),
                 captures: Vec::new(),
+                manages: false,
             });
         }
     }
@@ -193,11 +216,14 @@ impl Drop for ControlServer {
     }
 }
 
-/// Reads what the client sent and answers each complete request.
+/// Reads what the client sent and answers each complete request. `manager`: the pid of the
+/// connection that holds the flow manager's role (see the module docs), updated when this
+/// client takes it.
 fn serve<P: Port>(
     client: &mut Client,
     dp: &mut Datapath<P>,
     now_ns: u64,
+    manager: &mut Option<i32>,
 ) -> Result<usize, WireError> {
     let mut served = 0;
     loop {
@@ -211,7 +237,10 @@ fn serve<P: Port>(
                     return Err(e);
                 }
             };
-            let answer = handle(frame, dp, now_ns, &mut client.captures);
+            let answer = match claim(client, &frame, manager) {
+                Ok(()) => handle(frame, dp, now_ns, &mut client.captures),
+                Err(refusal) => refusal,
+            };
             reply(client, &answer)?;
             served += 1;
         }
@@ -226,6 +255,44 @@ fn serve<P: Port>(
                 return Err(e);
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Lets a request that changes flows through only from the flow manager's connection; the first
+/// connection to send one while no other holds the role becomes the flow manager.
+fn claim(client: &mut Client, frame: &Frame, manager: &mut Option<i32>) -> Result<(), DriverReply> {
+    if client.manages {
+        return Ok(());
+    }
+    let changes_flows = matches!(
+        frame.decode::<DriverRequest>(),
+        Ok(DriverRequest::InstallFlow { .. }
+            | DriverRequest::RemoveFlow { .. }
+            | DriverRequest::SetQos { .. })
+    );
+    if !changes_flows {
+        return Ok(());
+    }
+    match *manager {
+        Some(pid) => {
+            tracing::warn!(
+                pid = client.pid,
+                manager = pid,
+                "control socket: refused a second flow manager"
+            );
+            Err(error(
+                Kind::Busy,
+                format!(
+                    "another flow manager (pid {pid}) is connected to this driver: it serves one at a time (stop that one first)"
+                ),
+            ))
+        }
+        None => {
+            client.manages = true;
+            *manager = Some(client.pid);
+            tracing::info!(pid = client.pid, "control client is the flow manager");
+            Ok(())
         }
     }
 }

@@ -17,9 +17,10 @@ pub enum PreflightError {
     /// The tap interface name is in use.
     #[error("network interface `{0}` already exists: another driver is running on it, or pick another iface= in port.vdev")]
     IfaceBusy(String),
-    /// The peer namespace exists already.
-    #[error("network namespace `{0}` already exists: another driver is using it, or remove it with `ip netns del {0}`")]
-    NetnsBusy(String),
+    /// The peer namespace exists already and holds interfaces (an empty one, left by a driver
+    /// that was killed, is removed and made anew at start).
+    #[error("network namespace `{0}` already exists and holds {1}: another driver is using it, or remove it with `ip netns del {0}`")]
+    NetnsBusy(String, String),
 }
 
 /// Runs every check that applies to `config`.
@@ -44,7 +45,13 @@ pub fn check(config: &Config) -> Result<(), PreflightError> {
         }
         if let Some(peer) = &config.port.tap_peer {
             if Path::new("/var/run/netns").join(&peer.netns).exists() {
-                return Err(PreflightError::NetnsBusy(peer.netns.clone()));
+                let held = crate::tap_peer::interfaces_in(&peer.netns);
+                if !held.is_empty() {
+                    return Err(PreflightError::NetnsBusy(
+                        peer.netns.clone(),
+                        held.join(", "),
+                    ));
+                }
             }
         }
     }

@@ -49,6 +49,9 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
 
     // Declared first, dropped last: the namespace goes after the tap interface it holds.
     let mut tap_peer: Option<TapPeer> = None;
+    // A driver killed with this prefix left its runtime directory: DPDK would start over it,
+    // but stale files (its telemetry and multi-process sockets) would outlive us.
+    crate::dpdk::remove_stale_runtime_dir(&config.eal.file_prefix);
     let eal = Eal::init(&config.eal_args("nemflow-driver"))?;
     let pool = Mempool::new(&eal, "nemflow_pool", config.port.mbufs, 2048)?;
     let conf = PortConf {

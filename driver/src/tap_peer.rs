@@ -42,7 +42,14 @@ impl TapPeer {
     /// net_tap gives the kernel interface the port's own MAC; the peer gets its own,
     /// `02:4e:46:ff:XX:YY` from the last two bytes of its address, so that the link has two
     /// distinct stations.
+    ///
+    /// A namespace of that name left by a driver that did not exit cleanly (killed: its tap
+    /// went with it, the namespace stayed, holding nothing but `lo`) is deleted and made anew;
+    /// one that still holds other interfaces is someone else's and an error.
     pub fn setup(netns: &str, iface: &str, addr: Ipv4Cidr) -> Result<Self, TapPeerError> {
+        if std::path::Path::new("/run/netns").join(netns).exists() {
+            remove_stale(netns)?;
+        }
         ip(&["netns", "add", netns])?;
         let peer = Self {
             netns: netns.to_owned(),
@@ -65,6 +72,44 @@ impl TapPeer {
     pub fn netns(&self) -> &str {
         &self.netns
     }
+}
+
+/// The interfaces in `netns` other than `lo` (a namespace that cannot be listed counts as
+/// holding `?`: better left alone).
+pub fn interfaces_in(netns: &str) -> Vec<String> {
+    let out = match Command::new("ip")
+        .args(["-n", netns, "-o", "link", "show"])
+        .output()
+    {
+        Ok(o) if o.status.success() => o,
+        _ => return vec!["?".into()],
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
+        .filter(|n| n != "lo")
+        .collect()
+}
+
+/// Deletes `netns` if it holds no interface but `lo`.
+fn remove_stale(netns: &str) -> Result<(), TapPeerError> {
+    let others = interfaces_in(netns);
+    if !others.is_empty() {
+        return Err(TapPeerError {
+            cmd: format!("netns add {netns}"),
+            why: format!(
+                "namespace {netns} exists and holds {}: another driver's? Stop it, or set port.tap_peer.netns",
+                others.join(", ")
+            ),
+        });
+    }
+    ip(&["netns", "del", netns])?;
+    tracing::warn!(
+        netns,
+        "removed the tap peer namespace a driver that did not exit cleanly left behind"
+    );
+    Ok(())
 }
 
 impl Drop for TapPeer {

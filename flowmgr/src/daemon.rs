@@ -464,9 +464,44 @@ fn drv_err(kind: DrvErr, message: String) -> AppError {
         DrvErr::Admission => AppErrorKind::Admission,
         DrvErr::Exhausted => AppErrorKind::NoBufferSpace,
         DrvErr::NotFound => AppErrorKind::NoSuchFlow,
-        DrvErr::Invalid | DrvErr::BadChannel => AppErrorKind::DriverUnavailable,
+        DrvErr::Invalid | DrvErr::BadChannel | DrvErr::Busy => AppErrorKind::DriverUnavailable,
     };
     app_err(k, format!("driver: {message}"))
+}
+
+/// Removes every flow the driver holds: at start the flow manager has created none, so each
+/// one is left by a previous run that did not stop cleanly (killed, crashed). Their apps count
+/// them revoked once this flow manager listens (`nemflow_appstack::liveness`); removing them
+/// stops their traffic, frees their share of the link and unmaps their channels in the driver.
+/// Returns how many. The first removal also makes this connection the driver's flow manager: a
+/// driver that already serves another refuses it (`Busy`), and that ends the start.
+fn remove_stale_flows<D: DriverLink>(driver: &mut D) -> Result<usize, StartError> {
+    let refused = |message: String| StartError::DriverRefused {
+        what: "removing stale flows",
+        message,
+    };
+    let stale = match driver.call(&DriverRequest::FlowStats { id: None }, &[])? {
+        DriverReply::FlowStats(v) => v,
+        DriverReply::Error { message, .. } => return Err(refused(message)),
+        _ => return Err(refused("unexpected reply to FlowStats".into())),
+    };
+    let mut removed = 0;
+    for f in &stale {
+        match driver.call(&DriverRequest::RemoveFlow { id: f.id }, &[])? {
+            DriverReply::Ok => {
+                removed += 1;
+                tracing::debug!(flow = %f.id, tx_packets = f.tx_packets, rx_packets = f.rx_packets, "stale flow removed");
+            }
+            // Gone meanwhile: nothing to do.
+            DriverReply::Error {
+                kind: DrvErr::NotFound,
+                ..
+            } => {}
+            DriverReply::Error { message, .. } => return Err(refused(message)),
+            _ => return Err(refused("unexpected reply to RemoveFlow".into())),
+        }
+    }
+    Ok(removed)
 }
 
 fn read_comm(pid: i32) -> Option<String> {
@@ -510,6 +545,15 @@ impl<D: DriverLink> Daemon<D> {
                 })
             }
         };
+        let stale = remove_stale_flows(&mut driver)?;
+        if stale > 0 {
+            tracing::warn!(
+                flows = stale,
+                "removed {stale} stale flows a previous flow manager left in the driver"
+            );
+        } else {
+            tracing::info!("no stale flows in the driver");
+        }
         let mac = config.host.mac.map(|m| m.0).unwrap_or(port.mac);
         // As the driver computes it, so that both admit exactly the same flows.
         let reserve_ppm = (fm.reserve * 1e6) as u32;
@@ -667,31 +711,39 @@ impl<D: DriverLink> Daemon<D> {
                 break Err(RunError::Driver(msg));
             }
         };
-        self.shutdown(result.is_ok());
+        let reason = match &result {
+            Ok(()) => "flow manager shutting down".to_owned(),
+            Err(e) => format!("flow manager stopped: {e}"),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, flows = self.flows.len(), "revoking every flow and stopping");
+        }
+        self.shutdown(result.is_ok(), &reason);
         result
     }
 
-    fn shutdown(&mut self, driver_ok: bool) {
+    /// Revokes every flow (each app gets a `Revoked` event with `reason` before its connection
+    /// closes, so it learns at once and does not count its flow orphaned), then tears down.
+    /// `driver_ok`: remove the flows from the driver (false when the link is gone).
+    fn shutdown(&mut self, driver_ok: bool, reason: &str) {
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         for cid in ids {
-            if driver_ok {
-                for fid in self
-                    .clients
-                    .get(&cid)
-                    .map(|c| c.flows.clone())
-                    .unwrap_or_default()
-                {
-                    self.send_event(
-                        cid,
-                        AppEvent::Revoked {
-                            flow: fid,
-                            reason: "flow manager shutting down".into(),
-                        },
-                    );
-                }
-                if let Some(c) = self.clients.get_mut(&cid) {
-                    let _ = flush(c);
-                }
+            for fid in self
+                .clients
+                .get(&cid)
+                .map(|c| c.flows.clone())
+                .unwrap_or_default()
+            {
+                self.send_event(
+                    cid,
+                    AppEvent::Revoked {
+                        flow: fid,
+                        reason: reason.to_owned(),
+                    },
+                );
+            }
+            if let Some(c) = self.clients.get_mut(&cid) {
+                let _ = flush(c);
             }
             self.disconnect(cid, driver_ok);
         }
@@ -768,14 +820,21 @@ impl<D: DriverLink> Daemon<D> {
         };
 
         let mut ids = Vec::with_capacity(self.clients.len());
-        let (revents, stop, listen, host_ev, listen_ev) = {
-            let mut pfds = Vec::with_capacity(self.clients.len() + listen_armed.len() + 3);
+        let (revents, stop, listen, host_ev, listen_ev, driver_ev) = {
+            let mut pfds = Vec::with_capacity(self.clients.len() + listen_armed.len() + 4);
             pfds.push(PollFd::new(&self.listener, PollFlags::IN));
             pfds.push(PollFd::new(&self.host_flow.rx, PollFlags::IN));
             if let Some(s) = &self.stop {
                 pfds.push(PollFd::new(s, PollFlags::IN));
             }
             let stop_at = pfds.len() - 1;
+            // The driver's connection: it never speaks unasked, so an event is its end.
+            let driver_at = self.driver.watch_fd().map(|fd| {
+                pfds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                pfds.len() - 1
+            });
+            // The listening ports' flows follow.
+            let stop_at = driver_at.unwrap_or(stop_at);
             for port in &listen_armed {
                 if let Some(f) = self.listeners.get(port).and_then(|l| l.flow.as_ref()) {
                     pfds.push(PollFd::new(&f.rx, PollFlags::IN));
@@ -800,12 +859,13 @@ impl<D: DriverLink> Daemon<D> {
             }
             let listen = pfds[0].revents();
             let host_ev = pfds[1].revents();
-            let stop = stop_at == 2 && !pfds[2].revents().is_empty();
+            let stop = self.stop.is_some() && !pfds[2].revents().is_empty();
+            let driver_ev = driver_at.is_some_and(|i| !pfds[i].revents().is_empty());
             let listen_ev = pfds[stop_at + 1..listens_end]
                 .iter()
                 .any(|p| !p.revents().is_empty());
             let rev: Vec<PollFlags> = pfds[base..].iter().map(|p| p.revents()).collect();
-            (rev, stop, listen, host_ev, listen_ev)
+            (rev, stop, listen, host_ev, listen_ev, driver_ev)
         };
         self.host_flow.rx.finish_wait();
         for port in &listen_armed {
@@ -815,6 +875,11 @@ impl<D: DriverLink> Daemon<D> {
         }
         if stop {
             return Ok(true);
+        }
+        if driver_ev {
+            if let Some(why) = self.driver.watch_fd().and_then(crate::driver::why_readable) {
+                return Err(RunError::Driver(why));
+            }
         }
         let now = Instant::now();
         if !host_ev.is_empty() || host_ready {

@@ -1,6 +1,6 @@
 //! The flow manager's link to the driver ([`nemflow_proto::ctl`] on the driver's control socket).
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +34,12 @@ pub trait DriverLink {
         req: &DriverRequest,
         fds: &[BorrowedFd<'_>],
     ) -> Result<DriverReply, LinkError>;
+
+    /// An fd the daemon's loop polls between calls: the driver never speaks unasked, so any
+    /// event on it (end of stream above all) means the driver is gone. `None`: nothing to watch.
+    fn watch_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
 }
 
 /// The real link: a Unix stream socket to the driver, one request at a time.
@@ -73,5 +79,22 @@ impl DriverLink for SocketDriver {
             wire::call(&self.sock, req, fds, 0, Some(self.timeout))?;
         drop(extra);
         Ok(reply)
+    }
+
+    fn watch_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.sock.as_fd())
+    }
+}
+
+/// Why the driver's connection became readable between calls: `None` if it did not (a spurious
+/// wake-up), else the one-line reason the daemon stops with.
+pub fn why_readable(fd: BorrowedFd<'_>) -> Option<String> {
+    let mut byte = [0u8; 1];
+    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    match rustix::net::recv(fd, &mut byte[..], flags) {
+        Ok((0, _)) => Some("the driver closed its control connection (it exited or was killed)".into()),
+        Ok(_) => Some("the driver sent a message nobody asked for".into()),
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => None,
+        Err(e) => Some(format!("the driver's control connection failed: {e}")),
     }
 }

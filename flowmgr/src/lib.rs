@@ -44,6 +44,33 @@
 //!
 //! `Close` is answered before the flow is removed from the driver: the removal follows at once,
 //! before anything else is served, so no later request can see the flow's port or share.
+//!
+//! # Restarts
+//! - **The flow manager dies** (`kill -9`, a crash): the driver keeps every flow it installed,
+//!   so apps' data keeps moving; their connections close without a `Revoked` event, which the
+//!   app stacks take as *orphaned* (`nemflow_appstack::liveness`). Meanwhile a new request
+//!   finds no listener: connecting is refused at once ([`client::ClientError::NotRunning`]:
+//!   "no flow manager at …: Connection refused (is nemflow-flowmgr running?)"), never a hang.
+//!   A new flow manager (its supervisor restarts it) replaces the stale socket file, asks the
+//!   driver for every flow it holds and removes each one before it installs its own flow — at
+//!   start it has created none, so all are stale — and logs how many ("removed N stale flows a
+//!   previous flow manager left in the driver"). Their traffic stops and their share of the
+//!   link and their channels return; orphaned apps, which probe the socket every 100 ms,
+//!   count their flows revoked once it listens again, and open new ones.
+//! - **The driver serves one flow manager at a time**: the first connection that changes flows
+//!   holds the role until it closes; another one's change is refused (`Busy`, naming the
+//!   holder's pid), so a second flow manager ends its start with "driver refused removing stale
+//!   flows: another flow manager (pid N) is connected to this driver: it serves one at a time".
+//!   Tools that only read (statistics, captures) are served alongside.
+//! - **The driver dies**: the loop polls the driver's control connection too (the driver never
+//!   speaks unasked, so any event there is its end). The flow manager then sends every app a
+//!   `Revoked` event per flow ("flow manager stopped: driver lost: …") before closing its
+//!   connection — blocked and non-blocking app calls fail with `Revoked` (`ECONNRESET`) at once
+//!   — removes its socket file, and exits non-zero with one line: "nemflow-flowmgr: driver
+//!   lost: the driver closed its control connection (it exited or was killed)". Its supervisor
+//!   restarts it once the driver is back (`dist/systemd`). The dead driver's tap interface went
+//!   with its process; the namespace and DPDK runtime directory it left are removed by the next
+//!   driver start with the same configuration (or by `nemflow down`, or the test guards).
 
 #![forbid(unsafe_code)]
 

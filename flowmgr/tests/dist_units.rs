@@ -49,6 +49,13 @@ fn units_order_the_daemons_and_use_the_system_config() {
     assert!(has(&flowmgr, "After=nemflow-driver.service"));
     assert!(has(&flowmgr, "BindsTo=nemflow-driver.service"));
     assert!(has(&driver, "Before=nemflow-flowmgr.service"));
+    // Restarts: both come back after a crash, and a restarted driver brings a fresh flow
+    // manager with it (the old one exits when it loses the driver).
+    for text in [&driver, &flowmgr] {
+        assert!(has(text, "Restart=on-failure"));
+    }
+    assert!(has(&driver, "Wants=nemflow-flowmgr.service"));
+    assert!(has(&flowmgr, "PartOf=nemflow-driver.service"));
 
     let dir = tempfile::tempdir().unwrap();
     let bin_dir = workspace_binary("nemflow-driver")

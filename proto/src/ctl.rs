@@ -208,6 +208,9 @@ pub enum ErrorKind {
     Admission,
     /// The driver is out of a resource (flows, memory).
     Exhausted,
+    /// Another connection manages the driver's flows: the driver serves one flow manager at a
+    /// time (reading statistics and capturing stay open to every root client).
+    Busy,
 }
 
 /// The port's identity, link and counters.

@@ -99,19 +99,8 @@ impl DriverProcess {
                 .map_or(String::new(), |p| format!("  realtime_priority: {p}\n")),
         );
         std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
-        let logfile = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        // The driver owns the NIC and must run when its deadlines come: on a small shared
-        // machine it gets a higher priority than the tests' own threads and neighbours.
-        let child = Command::new("nice")
-            .args(["-n", "-10"])
-            .arg(binary)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(logfile)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let child = spawn_driver(binary, &config, &log)?;
         let mut driver = Self {
             child,
             socket,
@@ -122,25 +111,42 @@ impl DriverProcess {
             prefix,
             _dir: dir,
         };
+        driver.wait_ready()?;
+        Ok(driver)
+    }
+
+    /// Waits until the control socket answers (or the driver exits, or 20 s pass).
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Some(status)) = driver.child.try_wait() {
-                return Err(format!(
-                    "driver exited with {status}: {}",
-                    driver.log_text()
-                ));
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("driver exited with {status}: {}", self.log_text()));
             }
-            if UnixStream::connect(&driver.socket).is_ok() {
-                return Ok(driver);
+            if UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "driver not ready after 20 s: {}",
-                    driver.log_text()
-                ));
+                return Err(format!("driver not ready after 20 s: {}", self.log_text()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the driver with SIGKILL (no clean-up of its own) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts `binary` again with the same configuration (file prefix, tap, namespace, socket),
+    /// as a supervisor would after a crash; the log is appended to. The previous process must
+    /// have ended ([`kill`](Self::kill) or [`stop`](Self::stop)).
+    pub fn restart(&mut self, binary: &Path) -> Result<(), String> {
+        if let Ok(None) = self.child.try_wait() {
+            return Err("the driver is still running".into());
+        }
+        self.child = spawn_driver(binary, &self.config, &self.log)?;
+        self.wait_ready()
     }
 
     /// What the driver logged so far.
@@ -178,6 +184,27 @@ impl DriverProcess {
         let _ = self.child.wait();
         false
     }
+}
+
+/// Starts the driver with `config`, its stderr appended to `log`.
+fn spawn_driver(binary: &Path, config: &Path, log: &Path) -> Result<Child, String> {
+    let logfile = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
+    // The driver owns the NIC and must run when its deadlines come: on a small shared
+    // machine it gets a higher priority than the tests' own threads and neighbours.
+    Command::new("nice")
+        .args(["-n", "-10"])
+        .arg(binary)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(logfile)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))
 }
 
 impl Drop for DriverProcess {

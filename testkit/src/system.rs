@@ -50,28 +50,8 @@ impl NemflowHost {
         }
         let driver = DriverProcess::start(&driver_bin, &opts)?;
         let flowmgr_log = dir.path().join("flowmgr.log");
-        let log = std::fs::File::create(&flowmgr_log).map_err(|e| e.to_string())?;
-        let mut flowmgr = Command::new(&flowmgr_bin)
-            .arg("--config")
-            .arg(&driver.config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", flowmgr_bin.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while UnixStream::connect(&socket).is_err() {
-            if let Ok(Some(status)) = flowmgr.try_wait() {
-                let text = std::fs::read_to_string(&flowmgr_log).unwrap_or_default();
-                return Err(format!("nemflow-flowmgr exited with {status}: {text}"));
-            }
-            if Instant::now() > deadline {
-                let _ = flowmgr.kill();
-                return Err("nemflow-flowmgr did not come up within 15 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        std::fs::File::create(&flowmgr_log).map_err(|e| e.to_string())?;
+        let flowmgr = spawn_flowmgr(&driver.config, &socket, &flowmgr_log)?;
         Ok(Self {
             flowmgr,
             socket,
@@ -79,6 +59,41 @@ impl NemflowHost {
             driver,
             dir,
         })
+    }
+
+    /// Kills the flow manager with SIGKILL (it cleans nothing up) and reaps it.
+    pub fn kill_flowmgr(&mut self) {
+        let _ = self.flowmgr.kill();
+        let _ = self.flowmgr.wait();
+    }
+
+    /// Starts the flow manager again on the same configuration (as a supervisor would) and
+    /// waits until it serves; its log is appended to. The previous one must have ended.
+    pub fn restart_flowmgr(&mut self) -> Result<(), String> {
+        if let Ok(None) = self.flowmgr.try_wait() {
+            return Err("the flow manager is still running".into());
+        }
+        self.flowmgr = spawn_flowmgr(&self.driver.config, &self.socket, &self.flowmgr_log)?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the flow manager to exit; its exit status, if it did.
+    pub fn wait_flowmgr_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.flowmgr.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// What the flow manager logged so far (all its runs).
+    pub fn flowmgr_log_text(&self) -> String {
+        std::fs::read_to_string(&self.flowmgr_log).unwrap_or_default()
     }
 
     /// Stops the flow manager, then the driver, and copies both daemons' logs into `dir`
@@ -113,6 +128,40 @@ impl Drop for NemflowHost {
     fn drop(&mut self) {
         stop_child(&mut self.flowmgr);
     }
+}
+
+/// Starts `nemflow-flowmgr --config CONFIG` (stderr appended to `log`) and waits until it
+/// serves `socket`.
+fn spawn_flowmgr(config: &Path, socket: &Path, log: &Path) -> Result<Child, String> {
+    let flowmgr_bin = workspace_binary("nemflow-flowmgr");
+    let logfile = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
+    let mut flowmgr = Command::new(&flowmgr_bin)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logfile)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", flowmgr_bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while UnixStream::connect(socket).is_err() {
+        if let Ok(Some(status)) = flowmgr.try_wait() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("nemflow-flowmgr exited with {status}: {text}"));
+        }
+        if Instant::now() > deadline {
+            let _ = flowmgr.kill();
+            let _ = flowmgr.wait();
+            return Err("nemflow-flowmgr did not come up within 15 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(flowmgr)
 }
 
 /// Stops a child with SIGTERM (SIGKILL after 5 s) and reaps it.

@@ -62,7 +62,8 @@ pub struct SinkReport {
 
 /// Receives until `count`, `duration` or `stop`, writing one line per datagram to `log`:
 /// `arrival_ns size seq` (arrival since start; `seq` is `-` for datagrams without a stamp).
-/// Waits in steps of at most 100 ms so `stop` and `duration` are noticed.
+/// Waits in steps of at most 100 ms so `stop` and `duration` are noticed (a non-blocking flow
+/// is looked at every millisecond instead).
 pub fn sink(
     flow: &mut UdpFlow,
     opts: &SinkOptions,
@@ -79,7 +80,12 @@ pub fn sink(
     {
         let d = match flow.recv_datagram() {
             Ok(d) => d,
-            Err(Error::TimedOut | Error::WouldBlock) => continue,
+            Err(Error::TimedOut) => continue,
+            // A non-blocking flow: do "other work" for a millisecond, then look again.
+            Err(Error::WouldBlock) => {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             Err(
                 Error::ConnectionRefused { .. }
                 | Error::Unreachable { .. }

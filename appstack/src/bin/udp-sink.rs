@@ -42,6 +42,10 @@ struct Args {
     /// Receive FIFO slots (frames the driver may queue for this app before it drops).
     #[arg(long, default_value_t = 1024)]
     rx_slots: u32,
+    /// Receive without blocking: poll the flow every millisecond, as an app with other work
+    /// would (the flow's liveness is then checked when a receive would block).
+    #[arg(long)]
+    nonblocking: bool,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if a.nonblocking {
+        app.flow.set_nonblocking(true);
+    }
     let opts = SinkOptions {
         count: a.count,
         duration: a.seconds.map(Duration::from_secs_f64),

@@ -100,6 +100,55 @@ impl Drop for Eal {
     }
 }
 
+/// Removes `/var/run/dpdk/<prefix>` if a driver that did not exit cleanly (killed) left it:
+/// no process holds the lock a DPDK primary keeps on its `config` file there for as long as it
+/// lives. Returns whether a directory was removed. A live primary's directory is left alone
+/// (its EAL start then fails with DPDK's own "is another primary process running?").
+pub fn remove_stale_runtime_dir(prefix: &str) -> bool {
+    if prefix.is_empty() || prefix.contains('/') || prefix.starts_with('.') {
+        return false;
+    }
+    let dir = std::path::Path::new("/var/run/dpdk").join(prefix);
+    if !dir.is_dir() {
+        return false;
+    }
+    let config = dir.join("config");
+    if config.exists() && config_locked(&config) {
+        return false;
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "removed DPDK's runtime directory a driver that did not exit cleanly left behind"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!("cannot remove stale {}: {e}", dir.display());
+            false
+        }
+    }
+}
+
+/// Whether a process holds a lock on DPDK's `config` file (a live primary process). When the
+/// file cannot be opened or asked, it counts as locked: better left alone.
+fn config_locked(path: &std::path::Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(path) else {
+        return true;
+    };
+    // SAFETY: flock is plain data; all-zero is a valid value before the fields are set.
+    let mut lk: libc::flock = unsafe { std::mem::zeroed() };
+    lk.l_type = libc::F_WRLCK as libc::c_short;
+    lk.l_whence = libc::SEEK_SET as libc::c_short;
+    lk.l_start = 0;
+    lk.l_len = 0;
+    // SAFETY: F_GETLK on an fd we own with a valid flock to fill in; it takes no lock, so
+    // closing the file afterwards releases nothing of ours.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lk) };
+    r != 0 || lk.l_type != libc::F_UNLCK as libc::c_short
+}
+
 /// Picks the line of DPDK's start-up output that says why it failed.
 fn explain_failure(output: &str, errno: i32) -> String {
     let telling = [

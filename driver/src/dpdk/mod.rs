@@ -10,7 +10,7 @@ mod mbuf;
 
 use std::ffi::CStr;
 
-pub use eal::Eal;
+pub use eal::{remove_stale_runtime_dir, Eal};
 pub use ethdev::{EthPort, LinkStatus, PortConf};
 pub use mbuf::{Mbuf, Mempool};
 
