@@ -108,7 +108,8 @@ impl LinkWatch {
                 return Err(format!("setns: {}", std::io::Error::last_os_error()));
             }
             // SAFETY: plain socket(2); the result is checked before use.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
             if fd < 0 {
                 return Err(format!("socket: {}", std::io::Error::last_os_error()));
             }
