@@ -189,6 +189,13 @@ pub struct Datapath<P: Port> {
     unmatched_dropped: u64,
     rx_frames: Vec<P::Frame>,
     staged: Vec<P::Frame>,
+    /// The flow of each staged frame.
+    staged_flows: Vec<FlowId>,
+    /// Frames the port refused while its link was down, dropped.
+    tx_refused: u64,
+    /// The link state last seen by [`Datapath::check_link`], and how often it changed.
+    link_up: bool,
+    link_changes: u64,
     /// Flows with filled receive buffers / finished transmit iorecs to hand back this poll.
     rx_touched: Vec<Slot>,
     tx_touched: Vec<Slot>,
@@ -213,6 +220,10 @@ impl<P: Port> Datapath<P> {
             drop_log: DropLog::new(config.drop_log_entries),
             rx_frames: Vec::with_capacity(config.burst),
             staged: Vec::with_capacity(config.burst),
+            staged_flows: Vec::with_capacity(config.burst),
+            tx_refused: 0,
+            link_up: port.link_up(),
+            link_changes: 0,
             rx_touched: Vec::new(),
             tx_touched: Vec::new(),
             tx_idle: Vec::new(),
@@ -454,6 +465,8 @@ impl<P: Port> Datapath<P> {
             drops,
             flows: self.by_id.len() as u32,
             mbufs_in_use: self.port.buffers_in_use().unwrap_or(0),
+            tx_errors: self.tx_refused,
+            link_changes: self.link_changes,
         }
     }
 
@@ -782,9 +795,56 @@ impl<P: Port> Datapath<P> {
         let sent = if self.staged.is_empty() {
             0
         } else {
-            self.port.send(&mut self.staged)
+            let n = self.port.send(&mut self.staged);
+            self.staged_flows.drain(..n.min(self.staged_flows.len()));
+            // Refused with the link up: the queue is full for now, they go first next time.
+            if !self.staged.is_empty() && !self.port.link_up() {
+                self.drop_refused();
+            }
+            n
         };
         (sent, wait)
+    }
+
+    /// Drops the frames the port refused while its link is down: kept, they would hold mbufs
+    /// for as long as the link stays down and leave late. Each is counted on the port
+    /// (`tx_errors`) and on its flow (`tx_dropped`, no longer `tx_packets`), and logged.
+    #[cold]
+    fn drop_refused(&mut self) {
+        for (frame, id) in self.staged.drain(..).zip(self.staged_flows.drain(..)) {
+            let len = frame.bytes().len();
+            self.tx_refused += 1;
+            if let Some(flow) = self
+                .by_id
+                .get(&id)
+                .and_then(|&slot| self.flows.get_mut(slot as usize))
+                .and_then(Option::as_mut)
+            {
+                flow.counters.tx_packets = flow.counters.tx_packets.saturating_sub(1);
+                flow.counters.tx_bytes = flow.counters.tx_bytes.saturating_sub(len as u64);
+                flow.counters.tx_dropped += 1;
+            }
+            self.drop_log.record(Some(id), DropReason::TxNoMbuf, len);
+        }
+        // Frames and flows stay paired even if a port misbehaved.
+        self.staged.clear();
+        self.staged_flows.clear();
+    }
+
+    /// Looks at the port's link state; a change is counted (`link_changes`) and logged.
+    /// Returns whether the link is up.
+    pub fn check_link(&mut self) -> bool {
+        let up = self.port.link_up();
+        if up != self.link_up {
+            self.link_up = up;
+            self.link_changes += 1;
+            if up {
+                tracing::info!(port = %self.config.port_name, "link up");
+            } else {
+                tracing::warn!(port = %self.config.port_name, "link down");
+            }
+        }
+        up
     }
 
     /// Takes the flow's next iorec, copies and polices it, and stages it for the port.
@@ -876,6 +936,7 @@ impl<P: Port> Datapath<P> {
                     self.captures.record(id, true, frame.bytes());
                 }
                 self.staged.push(frame);
+                self.staged_flows.push(id);
             }
             Ok(None) => {
                 flow.counters.tx_dropped += 1;

@@ -16,6 +16,9 @@ use crate::telemetry::{self, Telemetry};
 /// Loop rounds between control-socket polls while busy.
 const CONTROL_EVERY: u32 = 64;
 
+/// How often the loop looks at the link state (a system call for net_tap).
+const LINK_CHECK_EVERY_NS: u64 = 50_000_000;
+
 /// Anything that stops the driver.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -60,7 +63,7 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
         mtu: config.port.max_frame_bytes.saturating_sub(14),
         mac: config.host.mac.map(|m| m.0),
     };
-    let port = EthPort::open(&eal, config.port_name(), &conf, &pool)?;
+    let mut port = EthPort::open(&eal, config.port_name(), &conf, &pool)?;
     if let Some(vdev) = config
         .port
         .vdev
@@ -74,7 +77,9 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
                 )));
             }
             if let Some(peer) = &config.port.tap_peer {
-                tap_peer = Some(TapPeer::setup(&peer.netns, iface, peer.ip)?);
+                let p = TapPeer::setup(&peer.netns, iface, peer.ip)?;
+                port.set_kernel_link(p.link_watch(iface)?);
+                tap_peer = Some(p);
             }
         }
     }
@@ -129,6 +134,7 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
     // exceeded 1 ms, logged at exit to tell a starved driver from a starved application.
     let mut last_round = Instant::now();
     let (mut max_gap, mut stalls) = (Duration::ZERO, 0u64);
+    let mut next_link_check_ns = 0;
     while !stop.load(Ordering::Relaxed) {
         let gap = last_round.elapsed();
         last_round = Instant::now();
@@ -142,6 +148,10 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
         let poll_took = t_poll.elapsed();
         if poll_took > Duration::from_millis(1) {
             tracing::debug!(us = poll_took.as_micros() as u64, "slow poll");
+        }
+        if now_ns >= next_link_check_ns {
+            next_link_check_ns = now_ns + LINK_CHECK_EVERY_NS;
+            dp.check_link();
         }
         telemetry.tick(&dp, now_ns);
         round = round.wrapping_add(1);

@@ -1,6 +1,7 @@
 //! The remote host on the kernel side of a net_tap port: a network namespace that receives the
 //! tap interface, with an address and the link up. Deleted again on drop.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 
 use nemflow_config::Ipv4Cidr;
@@ -71,6 +72,81 @@ impl TapPeer {
     /// The namespace's name.
     pub fn netns(&self) -> &str {
         &self.netns
+    }
+
+    /// A watch on `iface`'s link state inside the namespace. net_tap asks the kernel about its
+    /// interface in the driver's own namespace, where the interface no longer is once it moved
+    /// here: DPDK then reports the link down whatever its state. The watch asks through a socket
+    /// made inside the namespace instead.
+    pub fn link_watch(&self, iface: &str) -> Result<LinkWatch, TapPeerError> {
+        LinkWatch::new(&self.netns, iface)
+    }
+}
+
+/// The link state of an interface in another network namespace, read with `SIOCGIFFLAGS` on a
+/// socket created in that namespace (a socket stays in the namespace it was made in).
+#[derive(Debug)]
+pub struct LinkWatch {
+    sock: OwnedFd,
+    name: [libc::c_char; libc::IFNAMSIZ],
+}
+
+impl LinkWatch {
+    fn new(netns: &str, iface: &str) -> Result<Self, TapPeerError> {
+        let err = |why: String| TapPeerError {
+            cmd: format!("netns exec {netns}: watch {iface}"),
+            why,
+        };
+        let bytes = iface.as_bytes();
+        if bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+            return Err(err("not an interface name".into()));
+        }
+        let mut name = [0 as libc::c_char; libc::IFNAMSIZ];
+        for (d, s) in name.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        let path = format!("/var/run/netns/{netns}");
+        let ns = std::fs::File::open(&path).map_err(|e| err(format!("{path}: {e}")))?;
+        // A short-lived thread enters the namespace, so the driver's own threads stay where
+        // they are.
+        let sock = std::thread::spawn(move || -> Result<OwnedFd, String> {
+            // SAFETY: setns on a namespace fd we opened; it affects only this thread.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("setns: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: plain socket(2); the result is checked before use.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(format!("socket: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: a fresh descriptor nobody else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .join()
+        .map_err(|_| err("watch thread panicked".into()))?
+        .map_err(err)?;
+        let watch = Self { sock, name };
+        watch
+            .up()
+            .ok_or_else(|| err(format!("no interface {iface} in the namespace")))?;
+        Ok(watch)
+    }
+
+    /// Whether the interface is up and has carrier (`IFF_UP` and `IFF_RUNNING`); `None` if it
+    /// cannot be read (the interface or namespace is gone).
+    pub fn up(&self) -> Option<bool> {
+        // SAFETY: ifreq is plain C data; all-zero is a valid value before the name is set.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        req.ifr_name = self.name;
+        // SAFETY: SIOCGIFFLAGS on a valid socket with a valid ifreq that lives across the call.
+        let r = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+        if r < 0 {
+            return None;
+        }
+        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+        let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
+        Some(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
     }
 }
 

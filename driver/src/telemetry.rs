@@ -479,6 +479,8 @@ unsafe extern "C" fn cb_port(
         d.u64(c"tx_bytes", p.tx_bytes);
         d.u64(c"rx_missed", p.rx_missed);
         d.u64(c"rx_nombuf", p.rx_nombuf);
+        d.u64(c"tx_errors", p.tx_errors);
+        d.u64(c"link_changes", p.link_changes);
         d.u64(c"flows", u64::from(p.flows));
         for (reason, count) in &p.drops {
             let key: String = format!("dropped_{reason}")

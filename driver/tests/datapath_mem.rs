@@ -507,3 +507,68 @@ fn fragments_without_a_first_expire_and_are_bounded() {
     assert_eq!(dp.malformed(Malformed::FragmentOrphan), 300);
     assert!(drain(&mut a).is_empty());
 }
+
+#[test]
+fn refused_frames_wait_while_the_link_is_up_and_are_dropped_and_counted_while_it_is_down() {
+    let (mut dp, peer) = datapath();
+    let mut a = bound_flow(&mut dp, 1, 7001, Qos::BEST_EFFORT, 64);
+    let frame = UdpFrame {
+        src_mac: HOST_MAC,
+        dst_mac: PEER_MAC,
+        ..UdpFrame::new(
+            SocketAddrV4::new(HOST, 7001),
+            SocketAddrV4::new(PEER, 5000),
+            b"x",
+        )
+    }
+    .build();
+    let mut t = 0;
+    let mut poll = |dp: &mut Datapath<MemPort>| {
+        for _ in 0..10 {
+            t += 1_000_000;
+            dp.poll(t);
+        }
+    };
+    // Link up, queue full: the frames wait for the port and then go, nothing dropped.
+    peer.set_tx_credit(Some(0));
+    for _ in 0..3 {
+        send(&mut a, &frame);
+    }
+    poll(&mut dp);
+    assert!(peer.take_sent().is_empty());
+    peer.set_tx_credit(None);
+    poll(&mut dp);
+    assert_eq!(peer.take_sent().len(), 3);
+    assert_eq!(dp.port_info().tx_errors, 0);
+
+    // Link down: refused frames are dropped at once, each counted on the port and its flow.
+    peer.set_tx_credit(Some(0));
+    peer.set_link(false);
+    assert!(!dp.check_link());
+    for _ in 0..4 {
+        send(&mut a, &frame);
+    }
+    poll(&mut dp);
+    let p = dp.port_info();
+    assert_eq!((p.tx_errors, p.link_changes, p.link_up), (4, 1, false));
+    let s = &dp.flow_stats(Some(FlowId(1))).unwrap()[0];
+    assert_eq!((s.tx_packets, s.tx_dropped), (3, 4));
+    let logged = dp
+        .drop_log(0, 100)
+        .iter()
+        .filter(|e| e.flow == Some(FlowId(1)) && e.reason == DropReason::TxNoMbuf)
+        .count();
+    assert_eq!(logged, 4);
+
+    // Up again: nothing held from the outage goes out late; new frames go.
+    peer.set_tx_credit(None);
+    peer.set_link(true);
+    assert!(dp.check_link());
+    poll(&mut dp);
+    assert!(peer.take_sent().is_empty());
+    send(&mut a, &frame);
+    poll(&mut dp);
+    assert_eq!(peer.take_sent().len(), 1);
+    let p = dp.port_info();
+    assert_eq!((p.tx_errors, p.link_changes), (4, 2));
+}

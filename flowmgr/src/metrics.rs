@@ -221,6 +221,20 @@ fn encode_report(enc: &mut DescriptorEncoder, r: &StatsReport) -> Result<(), std
         None,
         &one(p.rx_nombuf),
     )?;
+    counter(
+        enc,
+        "port_tx_errors",
+        "Frames the port refused to send while its link was down (dropped and counted)",
+        None,
+        &one(p.tx_errors),
+    )?;
+    counter(
+        enc,
+        "port_link_changes",
+        "Times the port's link went down or came up",
+        None,
+        &one(p.link_changes),
+    )?;
     let drops: Vec<(Labels, u64)> = p
         .drops
         .iter()

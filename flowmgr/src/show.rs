@@ -160,8 +160,8 @@ pub fn stats(r: &StatsReport) -> String {
     let dropped: u64 = p.drops.iter().map(|(_, n)| n).sum();
     let _ = writeln!(
         out,
-        " Sent {} bytes {} pkt (dropped 0)",
-        p.tx_bytes, p.tx_packets
+        " Sent {} bytes {} pkt (dropped {}, link changes {})",
+        p.tx_bytes, p.tx_packets, p.tx_errors, p.link_changes
     );
     let mut detail = String::new();
     for (name, n) in p.drops.iter().filter(|(_, n)| *n > 0) {

@@ -243,6 +243,11 @@ pub struct PortInfo {
     /// Packet buffers (mbufs) of the driver's pool in use now: in the port's rings and in
     /// flight. Back to its resting level when traffic stops; growing without bound is a leak.
     pub mbufs_in_use: u32,
+    /// Frames the port refused to transmit while its link was down, dropped by the driver (each
+    /// also counted as its flow's `tx_dropped` and logged).
+    pub tx_errors: u64,
+    /// Times the link went down or came up since the driver started.
+    pub link_changes: u64,
 }
 
 /// Counters of one flow.

@@ -24,6 +24,12 @@ pub struct DriverOptions {
     pub rate_bps: u64,
     /// Further YAML appended to the generated config (e.g. a `flowmgr:` section).
     pub extra_yaml: String,
+    /// Further keys of the `port:` section, each line indented by two spaces (e.g.
+    /// `"  mbufs: 127\n"`).
+    pub port_yaml: String,
+    /// Further keys of the `driver:` section, each line indented by two spaces (e.g.
+    /// `"  burst: 256\n"`).
+    pub driver_yaml: String,
     /// The driver's idle mode: `adaptive` (default) or `busy`.
     pub idle: &'static str,
     /// Entries the driver's drop log keeps.
@@ -37,6 +43,8 @@ impl Default for DriverOptions {
         Self {
             rate_bps: 1_000_000_000,
             extra_yaml: String::new(),
+            port_yaml: String::new(),
+            driver_yaml: String::new(),
             idle: "adaptive",
             drop_log_entries: 4096,
             // As on a real host: the data path wakes on time however busy the machine is.
@@ -87,11 +95,13 @@ impl DriverProcess {
         let config = dir.path().join("driver.yaml");
         let log = dir.path().join("driver.log");
         let yaml = format!(
-            "eal:\n  file_prefix: {prefix}\n  memory_mb: 512\nport:\n  vdev: net_tap0,iface={iface}\n  tap_peer:\n    netns: {netns}\n    ip: {PEER_IP}/24\nhost:\n  ip: {HOST_IP}/24\n  mac: \"02:4e:46:00:00:01\"\nlink:\n  rate_bps: {rate}\ndriver:\n  control_socket: {sock}\n  idle: {idle}\n  drop_log_entries: {drops}\n{rt}{extra}",
+            "eal:\n  file_prefix: {prefix}\n  memory_mb: 512\nport:\n  vdev: net_tap0,iface={iface}\n  tap_peer:\n    netns: {netns}\n    ip: {PEER_IP}/24\n{port_extra}host:\n  ip: {HOST_IP}/24\n  mac: \"02:4e:46:00:00:01\"\nlink:\n  rate_bps: {rate}\ndriver:\n  control_socket: {sock}\n  idle: {idle}\n  drop_log_entries: {drops}\n{rt}{driver_extra}{extra}",
             prefix = prefix.prefix,
             rate = opts.rate_bps,
             sock = socket.display(),
             extra = opts.extra_yaml,
+            port_extra = opts.port_yaml,
+            driver_extra = opts.driver_yaml,
             idle = opts.idle,
             drops = opts.drop_log_entries,
             rt = opts

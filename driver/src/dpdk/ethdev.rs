@@ -55,6 +55,9 @@ pub struct EthPort<'eal> {
     name: String,
     mac: [u8; 6],
     pool: Mempool<'eal>,
+    /// Where the link state is read when the PMD cannot see it (net_tap's kernel side moved
+    /// into another namespace).
+    kernel_link: Option<crate::tap_peer::LinkWatch>,
     _eal: PhantomData<&'eal Eal>,
 }
 
@@ -79,6 +82,7 @@ impl<'eal> EthPort<'eal> {
             name: name.into(),
             mac: [0; 6],
             pool: *pool,
+            kernel_link: None,
             _eal: PhantomData,
         };
         port.configure(conf, pool)?;
@@ -198,23 +202,34 @@ impl<'eal> EthPort<'eal> {
         sent_total
     }
 
+    /// Reads the link state from `watch` from now on instead of the PMD (see
+    /// [`crate::tap_peer::TapPeer::link_watch`]).
+    pub fn set_kernel_link(&mut self, watch: crate::tap_peer::LinkWatch) {
+        self.kernel_link = Some(watch);
+    }
+
     /// The link state, without waiting.
     pub fn link(&self) -> LinkStatus {
         let mut link = dpdk_sys::rte_eth_link::default();
         // SAFETY: valid port and out-pointer.
         let ret = unsafe { dpdk_sys::rte_eth_link_get_nowait(self.id, &mut link) };
-        if ret < 0 {
-            return LinkStatus {
+        let mut status = if ret < 0 {
+            LinkStatus {
                 up: false,
                 speed_mbps: 0,
                 full_duplex: false,
-            };
+            }
+        } else {
+            LinkStatus {
+                up: link.link_status() != 0,
+                speed_mbps: link.link_speed,
+                full_duplex: link.link_duplex() != 0,
+            }
+        };
+        if let Some(up) = self.kernel_link.as_ref().and_then(|w| w.up()) {
+            status.up = up;
         }
-        LinkStatus {
-            up: link.link_status() != 0,
-            speed_mbps: link.link_speed,
-            full_duplex: link.link_duplex() != 0,
-        }
+        status
     }
 
     /// Basic counters (`rte_eth_stats_get`).
