@@ -485,7 +485,7 @@ fn a_stopped_app_loses_only_its_own_frames_and_resumes() {
     // A resumed: it read what its channel held and everything sent from 0.5 s after SIGCONT on
     // (the slack: being scheduled again and draining 1024 frames).
     assert_eq!(seq_a.len() as u64, a2.rx_packets);
-    let from = (resumed_at.as_secs_f64() + 0.5) as u64 * PPS;
+    let from = ((resumed_at.as_secs_f64() + 0.5) * PPS as f64) as u64;
     let late: Vec<u64> = seq_a.iter().copied().filter(|&s| s >= from).collect();
     assert_eq!(late, (from..sent[0]).collect::<Vec<u64>>());
 }
