@@ -240,6 +240,24 @@ fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// A child SIGKILLed and reaped when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The child started under `name`.
+fn child<'a>(kids: &'a mut Children, name: &str) -> &'a mut Child {
+    kids.iter_mut()
+        .find(|(n, _)| n == name)
+        .map(|(_, c)| c)
+        .unwrap_or_else(|| panic!("no child {name}"))
+}
+
 fn signal(pid: u32, sig: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
     rustix::process::kill_process(pid, sig).unwrap();
@@ -275,6 +293,8 @@ fn an_app_killed_holding_buffers_is_cleaned_up_and_its_port_reused_timing() {
         .spawn()
         .unwrap();
     let lines = lines_of(&mut hold);
+    // Killed on the way out too, if the test fails before it kills it.
+    let mut hold = KillOnDrop(hold);
     let opened = lines.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(opened.starts_with("open "), "{opened}");
     let hold_id = wait_flow(&host, HOLD, &mut kids);
@@ -299,7 +319,7 @@ fn an_app_killed_holding_buffers_is_cleaned_up_and_its_port_reused_timing() {
     std::thread::sleep(Duration::from_secs(2));
     let t_kill = realtime_ns();
     let killed = Instant::now();
-    hold.kill().unwrap();
+    hold.0.kill().unwrap();
     let gone = loop {
         if flow_stats(&drv, hold_id).is_none() {
             break killed.elapsed();
@@ -310,7 +330,7 @@ fn an_app_killed_holding_buffers_is_cleaned_up_and_its_port_reused_timing() {
         );
         std::thread::sleep(Duration::from_micros(200));
     };
-    hold.wait().unwrap();
+    hold.0.wait().unwrap();
     eprintln!(
         "kill -9 of an app holding 8 RX + 8 TX buffers to its flow gone from the driver: {gone:?}"
     );
@@ -319,7 +339,7 @@ fn an_app_killed_holding_buffers_is_cleaned_up_and_its_port_reused_timing() {
 
     // The port can be had again, and the new flow receives.
     let log = host.dir().join("reuse.log");
-    let mut again = sink(&host, HOLD, 64, &log);
+    kids.push("new app", sink(&host, HOLD, 64, &log));
     let again_id = wait_flow(&host, HOLD, &mut kids);
     assert_ne!(again_id, hold_id);
     let frame = UdpFrame::new(
@@ -337,7 +357,7 @@ fn an_app_killed_holding_buffers_is_cleaned_up_and_its_port_reused_timing() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    nemflow_testkit::system::stop_child(&mut again);
+    nemflow_testkit::system::stop_child(child(&mut kids, "new app"));
     assert_eq!(
         sink_seqs(&log).first(),
         Some(&42),
@@ -465,7 +485,7 @@ fn a_stopped_app_loses_only_its_own_frames_and_resumes() {
     // A resumed: it read what its channel held and everything sent from 0.5 s after SIGCONT on
     // (the slack: being scheduled again and draining 1024 frames).
     assert_eq!(seq_a.len() as u64, a2.rx_packets);
-    let from = (resumed_at.as_secs_f64() + 0.5) as u64 * PPS;
+    let from = ((resumed_at.as_secs_f64() + 0.5) * PPS as f64) as u64;
     let late: Vec<u64> = seq_a.iter().copied().filter(|&s| s >= from).collect();
     assert_eq!(late, (from..sent[0]).collect::<Vec<u64>>());
 }
@@ -615,7 +635,7 @@ fn a_mempool_too_small_for_the_load_counts_its_drops_and_recovers() {
     let p0 = port_info(&drv);
     // The load, for 2 s: a best-effort blast as fast as the driver goes, and 20 000
     // datagrams/s from the remote host to the sink.
-    let mut hog = blast(&host, HOG, 100.0, 0.0, 30.0);
+    kids.push("hog", blast(&host, HOG, 100.0, 0.0, 30.0));
     let hog_id = wait_flow(&host, HOG, &mut kids);
     let sent = pace(
         &host,
@@ -629,7 +649,7 @@ fn a_mempool_too_small_for_the_load_counts_its_drops_and_recovers() {
     let h1 = flow_stats(&drv, hog_id).unwrap();
     let s1 = flow_stats(&drv, sink_id).unwrap();
     let drops = drop_log(&drv);
-    nemflow_testkit::system::stop_child(&mut hog);
+    nemflow_testkit::system::stop_child(child(&mut kids, "hog"));
     let kernel_dropped: u64 = String::from_utf8_lossy(
         &std::process::Command::new("ip")
             .args(["netns", "exec", &host.driver.netns, "cat"])
