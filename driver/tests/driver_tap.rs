@@ -412,12 +412,14 @@ fn off_template(frame: &[u8], good: &[u8]) -> Option<String> {
 
 /// One spoiling of a header: (offset, bad byte, good byte) for each byte it changes.
 type Spoil = Vec<(usize, u8, u8)>;
+/// A change to a frame, and whether the IP checksum is to be made right after it.
+type Edit = (fn(&mut [u8]), bool);
 
 /// What the vandal writes over a buffer's header: each changes one field the template fixes,
 /// with the IP checksum made right again where that matters, so that the field itself is what
 /// the driver must catch.
 fn spoils(good: &[u8]) -> Vec<Spoil> {
-    let edits: [(fn(&mut [u8]), bool); 14] = [
+    let edits: [Edit; 14] = [
         (|f| f[26..30].copy_from_slice(&[10, 77, 0, 99]), true),
         (|f| f[26..30].copy_from_slice(&PEER.octets()), true),
         (|f| f[30..34].copy_from_slice(&[10, 77, 0, 3]), true),

@@ -97,13 +97,13 @@ impl RxRing {
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
             .map_err(|_| "sysconf(_SC_PAGESIZE) failed".to_string())?;
         let g = geometry;
-        if g.block_bytes == 0 || g.blocks == 0 || g.block_bytes as usize % page != 0 {
+        if g.block_bytes == 0 || g.blocks == 0 || !(g.block_bytes as usize).is_multiple_of(page) {
             return Err(format!(
                 "ring geometry {g:?}: blocks must be a non-zero multiple of the page size ({page})"
             ));
         }
         if g.frame_bytes < libc::TPACKET3_HDRLEN as u32
-            || g.frame_bytes % libc::TPACKET_ALIGNMENT as u32 != 0
+            || !g.frame_bytes.is_multiple_of(libc::TPACKET_ALIGNMENT as u32)
             || g.frame_bytes > g.block_bytes
         {
             return Err(format!(
@@ -496,7 +496,7 @@ impl<'b> Frames<'b> {
             hv1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tpid),
         )
         .unwrap_or(0);
-        let vlan = (status & libc::TP_STATUS_VLAN_VALID != 0).then(|| VlanTag {
+        let vlan = (status & libc::TP_STATUS_VLAN_VALID != 0).then_some(VlanTag {
             tpid: if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
                 tpid
             } else {
