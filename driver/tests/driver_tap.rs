@@ -15,7 +15,7 @@ use nemflow_rbuf::{ChannelSpec, IoRec};
 use nemflow_testkit::driver::{DriverClient, DriverOptions, DriverProcess};
 use nemflow_testkit::flows::{flow_channels, spec, AppEnds};
 use nemflow_testkit::frames::{fix_ip_checksum, UdpFrame, HOST_MAC, PEER_MAC};
-use nemflow_testkit::{require_root, RawSocket, RingGeometry, RingStats, RxRing};
+use nemflow_testkit::{require_root, RawSocket, RingConfig, RingStats, RxRing};
 
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -730,8 +730,11 @@ fn rewriting_headers_while_sending_never_gets_a_bad_frame_out() {
     assert_eq!((good_a.len(), good_b.len()), (60, 60));
 
     // The remote host's capture: a TPACKET_V3 ring in the namespace, arriving frames only.
-    let ring = RxRing::bind_in(&driver.netns, &driver.iface, RingGeometry::default()).unwrap();
-    ring.ignore_outgoing().unwrap();
+    let config = RingConfig {
+        incoming_only: true,
+        ..RingConfig::default()
+    };
+    let ring = RxRing::bind_in(&driver.netns, &driver.iface, config).unwrap();
     let hostile_seen = Arc::new(AtomicU64::new(0));
     let capture = {
         let seen = Arc::clone(&hostile_seen);
