@@ -681,6 +681,12 @@ fn vandal(area: &SharedArea, recent: &[AtomicU32], good: &[u8], stop: &AtomicBoo
     made
 }
 
+/// Time of check, time of use: a hostile app sends as fast as the driver takes frames while a
+/// second thread keeps spoiling and restoring the headers of the buffers it has pushed. The
+/// driver must police its own copy of each frame and send exactly that copy: of 1 000 000 of
+/// the app's frames captured at the remote host, none may differ from the flow's template, and
+/// the spoiled ones must show up as counted template violations. (A driver that checks the
+/// shared buffer and then copies it again lets a few hundred bad frames a run through here.)
 #[test]
 fn rewriting_headers_while_sending_never_gets_a_bad_frame_out() {
     let started = Instant::now();
