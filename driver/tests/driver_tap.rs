@@ -470,6 +470,14 @@ fn spoils(good: &[u8]) -> Vec<Spoil> {
         .collect()
 }
 
+/// What the hostile app pushed, for the vandal: the offsets of the buffers it pushed last (by
+/// push count modulo their number) and the count of the oldest still out.
+#[derive(Debug)]
+struct Pushed {
+    offsets: Vec<AtomicU32>,
+    oldest: AtomicU64,
+}
+
 /// A second, writable mapping of a flow's transmit data area: the app's "other thread".
 #[derive(Debug)]
 struct SharedArea {
@@ -624,7 +632,8 @@ fn capture(
 /// the `spoils`, or a few random bytes of policed fields), waits a moment, and puts them right
 /// again, so that a header can change between any two reads of it. Returns how many spoils it
 /// made.
-fn vandal(area: &SharedArea, recent: &[AtomicU32], good: &[u8], stop: &AtomicBool) -> u64 {
+fn vandal(area: &SharedArea, pushed: &Pushed, good: &[u8], stop: &AtomicBool) -> u64 {
+    let recent = &pushed.offsets;
     let spoils = spoils(good);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut rand = move || {
@@ -639,8 +648,16 @@ fn vandal(area: &SharedArea, recent: &[AtomicU32], good: &[u8], stop: &AtomicBoo
     while !stop.load(Ordering::Relaxed) {
         let (r, which) = (rand(), rand());
         targets.clear();
+        // Half the time among the oldest buffers still out (the ones the driver is reading
+        // now), half the time among all the app pushed last.
+        let (from, span) = if which & 1 == 0 {
+            (pushed.oldest.load(Ordering::Relaxed) as usize, 8)
+        } else {
+            (0, recent.len())
+        };
         for k in 0..4 {
-            let at = recent[(which >> (16 * k)) as usize % recent.len()].load(Ordering::Relaxed);
+            let i = from + (which >> (1 + 16 * k)) as usize % span;
+            let at = recent[i % recent.len()].load(Ordering::Relaxed);
             if (at as usize).saturating_add(HDR) <= area.len && !targets.contains(&at) {
                 targets.push(at);
             }
@@ -747,9 +764,11 @@ fn rewriting_headers_while_sending_never_gets_a_bad_frame_out() {
         let (a, b) = (good_a.clone(), good_b.clone());
         Stopper::spawn(move |stop| capture(ring, stop, &seen, &a, &b))
     };
-    // Offsets of the buffers the hostile app pushed last, for the vandal.
-    let recent: Arc<Vec<AtomicU32>> =
-        Arc::new((0..s.slots).map(|_| AtomicU32::new(u32::MAX)).collect());
+    // Where the hostile app's last buffers are, for the vandal.
+    let recent = Arc::new(Pushed {
+        offsets: (0..s.slots).map(|_| AtomicU32::new(u32::MAX)).collect(),
+        oldest: AtomicU64::new(0),
+    });
     let vandal = {
         let (area, recent, good) = (Arc::clone(&area), Arc::clone(&recent), good_a.clone());
         Stopper::spawn(move |stop| vandal(&area, &recent, &good, stop))
@@ -780,10 +799,16 @@ fn rewriting_headers_while_sending_never_gets_a_bad_frame_out() {
             assert!(ext.offset as usize + HDR <= area.len);
             hostile.buf_mut(ext).unwrap().copy_from_slice(&good_a);
             hostile.push(IoRec::single(ext, 0)).unwrap();
-            recent[(pushed_a % recent.len() as u64) as usize].store(ext.offset, Ordering::Relaxed);
+            let slot = (pushed_a % recent.offsets.len() as u64) as usize;
+            recent.offsets[slot].store(ext.offset, Ordering::Relaxed);
             pushed_a += 1;
             progressed = true;
         }
+        let (buffers, free) = hostile.buffers();
+        let out = (buffers - free) as u64;
+        recent
+            .oldest
+            .store(pushed_a.saturating_sub(out), Ordering::Relaxed);
         let now = Instant::now();
         if now >= next_b {
             if push(&mut polite, &good_b) {
