@@ -703,7 +703,7 @@ fn vandal(area: &SharedArea, pushed: &Pushed, good: &[u8], stop: &AtomicBool) ->
 /// driver must police its own copy of each frame and send exactly that copy: of 1 000 000 of
 /// the app's frames captured at the remote host, none may differ from the flow's template, and
 /// the spoiled ones must show up as counted template violations. (A driver that checks the
-/// shared buffer and then copies it again lets a few hundred bad frames a run through here.)
+/// shared buffer and then copies it again lets 40 to 400 bad frames a run through here.)
 #[test]
 fn rewriting_headers_while_sending_never_gets_a_bad_frame_out() {
     let started = Instant::now();
