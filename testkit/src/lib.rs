@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use netns::{ip, Netns};
 pub use raw::RawSocket;
-pub use rx_ring::{Block, Frames, RingGeometry, RingStats, RxFrame, RxRing, VlanTag};
+pub use rx_ring::{Block, Frames, RingConfig, RingStats, RxFrame, RxRing, VlanTag};
 
 /// A name unique to this process and call, at most 15 bytes (fits a Linux interface name):
 /// `prefix` (≤ 6 bytes) + pid + a counter.

@@ -21,7 +21,7 @@ fn last_os_error(what: &str) -> String {
 
 /// The shape of the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RingGeometry {
+pub struct RingConfig {
     /// Bytes per block: a multiple of the page size (a power of two is best).
     pub block_bytes: u32,
     /// Number of blocks.
@@ -31,9 +31,13 @@ pub struct RingGeometry {
     pub frame_bytes: u32,
     /// A block that is not full is handed over anyway after this long (ms).
     pub retire_ms: u32,
+    /// Capture only the frames that arrive, not those this host sends on the interface
+    /// (`PACKET_IGNORE_OUTGOING`, Linux ≥ 4.20; set before the socket is bound, so that not one
+    /// slips in).
+    pub incoming_only: bool,
 }
 
-impl Default for RingGeometry {
+impl Default for RingConfig {
     /// 64 blocks of 1 MiB: room for about 350 000 small frames while the reader is away.
     fn default() -> Self {
         Self {
@@ -41,6 +45,7 @@ impl Default for RingGeometry {
             blocks: 64,
             frame_bytes: 2048,
             retire_ms: 10,
+            incoming_only: false,
         }
     }
 }
@@ -90,31 +95,31 @@ fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T, what: &str) -> 
 }
 
 impl RxRing {
-    /// Opens a ring of `geometry` on `iface` in the current network namespace, receiving every
+    /// Opens a ring of `config` on `iface` in the current network namespace, receiving every
     /// ethertype.
-    pub fn bind(iface: &str, geometry: RingGeometry) -> Result<Self, String> {
+    pub fn bind(iface: &str, config: RingConfig) -> Result<Self, String> {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
             .map_err(|_| "sysconf(_SC_PAGESIZE) failed".to_string())?;
-        let g = geometry;
-        if g.block_bytes == 0 || g.blocks == 0 || g.block_bytes as usize % page != 0 {
+        let g = config;
+        if g.block_bytes == 0 || g.blocks == 0 || !(g.block_bytes as usize).is_multiple_of(page) {
             return Err(format!(
-                "ring geometry {g:?}: blocks must be a non-zero multiple of the page size ({page})"
+                "ring config {g:?}: blocks must be a non-zero multiple of the page size ({page})"
             ));
         }
         if g.frame_bytes < libc::TPACKET3_HDRLEN as u32
-            || g.frame_bytes % libc::TPACKET_ALIGNMENT as u32 != 0
+            || !g.frame_bytes.is_multiple_of(libc::TPACKET_ALIGNMENT as u32)
             || g.frame_bytes > g.block_bytes
         {
             return Err(format!(
-                "ring geometry {g:?}: frame_bytes must be a multiple of {} between {} and block_bytes",
+                "ring config {g:?}: frame_bytes must be a multiple of {} between {} and block_bytes",
                 libc::TPACKET_ALIGNMENT,
                 libc::TPACKET3_HDRLEN
             ));
         }
         let map_len = (g.block_bytes as usize)
             .checked_mul(g.blocks as usize)
-            .ok_or_else(|| format!("ring geometry {g:?}: too large"))?;
+            .ok_or_else(|| format!("ring config {g:?}: too large"))?;
         // Protocol 0: the socket receives nothing until it is bound, after the ring is in place.
         // SAFETY: plain socket(2) call; the result is checked.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -172,6 +177,16 @@ impl RxRing {
             next: 0,
             totals: RingStats::default(),
         };
+        if g.incoming_only {
+            let on: libc::c_int = 1;
+            setsockopt(
+                &ring.fd,
+                libc::SOL_PACKET,
+                libc::PACKET_IGNORE_OUTGOING,
+                &on,
+                "PACKET_IGNORE_OUTGOING",
+            )?;
+        }
         let cname = std::ffi::CString::new(iface).map_err(|_| "interface name has NUL")?;
         // SAFETY: valid C string.
         let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
@@ -202,7 +217,7 @@ impl RxRing {
     /// [`bind`](Self::bind) to `iface` inside the network namespace `netns` (by name, as
     /// `ip netns` knows it). The socket stays in that namespace; the calling thread does not
     /// move.
-    pub fn bind_in(netns: &str, iface: &str, geometry: RingGeometry) -> Result<Self, String> {
+    pub fn bind_in(netns: &str, iface: &str, config: RingConfig) -> Result<Self, String> {
         let path = format!("/var/run/netns/{netns}");
         let ns = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
         let iface = iface.to_owned();
@@ -211,23 +226,10 @@ impl RxRing {
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
                 return Err(last_os_error("setns"));
             }
-            Self::bind(&iface, geometry)
+            Self::bind(&iface, config)
         })
         .join()
         .map_err(|_| "ring thread panicked".to_string())?
-    }
-
-    /// Stops the ring from receiving the frames this host sends on the interface
-    /// (`PACKET_IGNORE_OUTGOING`, Linux ≥ 4.20): only what arrives is captured.
-    pub fn ignore_outgoing(&self) -> Result<(), String> {
-        let on: libc::c_int = 1;
-        setsockopt(
-            &self.fd,
-            libc::SOL_PACKET,
-            libc::PACKET_IGNORE_OUTGOING,
-            &on,
-            "PACKET_IGNORE_OUTGOING",
-        )
     }
 
     /// The status word of block `index`, shared with the kernel.
@@ -389,14 +391,10 @@ impl Block<'_> {
     pub fn seq(&self) -> u64 {
         let at =
             offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, seq_num);
-        let b = self.bytes();
-        let lo = u32_at(b, at).unwrap_or(0);
-        let hi = u32_at(b, at + 4).unwrap_or(0);
-        if cfg!(target_endian = "little") {
-            u64::from(lo) | u64::from(hi) << 32
-        } else {
-            u64::from(hi) | u64::from(lo) << 32
-        }
+        self.bytes()
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_ne_bytes)
     }
 
     /// The frames in the block, in arrival order. An offset or length outside the block ends
@@ -496,7 +494,7 @@ impl<'b> Frames<'b> {
             hv1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tpid),
         )
         .unwrap_or(0);
-        let vlan = (status & libc::TP_STATUS_VLAN_VALID != 0).then(|| VlanTag {
+        let vlan = (status & libc::TP_STATUS_VLAN_VALID != 0).then_some(VlanTag {
             tpid: if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
                 tpid
             } else {

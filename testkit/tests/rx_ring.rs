@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use nemflow_testkit::{require_root, unique_name, Netns, RawSocket, RingGeometry, RxRing};
+use nemflow_testkit::{require_root, unique_name, Netns, RawSocket, RingConfig, RxRing};
 
 /// An ethertype for local experiments (IEEE 802 "local experimental 1").
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
@@ -64,14 +64,14 @@ fn frame(seq: u32, len: usize) -> Vec<u8> {
 fn every_frame_arrives_whole_and_in_order() {
     let l = link();
     let tx = RawSocket::bind_in(l.a.name(), &l.a_if).unwrap();
-    let geometry = RingGeometry {
+    let config = RingConfig {
         block_bytes: 1 << 16,
         blocks: 64,
         frame_bytes: 2048,
         retire_ms: 5,
+        incoming_only: true,
     };
-    let mut ring = RxRing::bind_in(l.b.name(), &l.b_if, geometry).unwrap();
-    ring.ignore_outgoing().unwrap();
+    let mut ring = RxRing::bind_in(l.b.name(), &l.b_if, config).unwrap();
     let total = 50_000u32;
     let mut sent = 0u32;
     let mut got = 0u32;
@@ -113,13 +113,14 @@ fn a_full_ring_counts_its_drops() {
     let l = link();
     let tx = RawSocket::bind_in(l.a.name(), &l.a_if).unwrap();
     // Two 4 KiB blocks: a few dozen small frames, then the ring is full until read.
-    let geometry = RingGeometry {
+    let config = RingConfig {
         block_bytes: 4096,
         blocks: 2,
         frame_bytes: 2048,
         retire_ms: 1,
+        incoming_only: true,
     };
-    let mut ring = RxRing::bind_in(l.b.name(), &l.b_if, geometry).unwrap();
+    let mut ring = RxRing::bind_in(l.b.name(), &l.b_if, config).unwrap();
     let sent = 500u32;
     for seq in 0..sent {
         tx.send(&frame(seq, 60)).unwrap();
@@ -144,7 +145,7 @@ fn a_full_ring_counts_its_drops() {
 fn a_vlan_tag_the_kernel_strips_is_put_back() {
     let l = link();
     let tx = RawSocket::bind_in(l.a.name(), &l.a_if).unwrap();
-    let mut ring = RxRing::bind_in(l.b.name(), &l.b_if, RingGeometry::default()).unwrap();
+    let mut ring = RxRing::bind_in(l.b.name(), &l.b_if, RingConfig::default()).unwrap();
     let mut sent = Vec::new();
     for (tpid, tci) in [(0x8100u16, 0x2005u16), (0x88a8, 0x0123)] {
         let mut f = frame(sent.len() as u32, 64);
