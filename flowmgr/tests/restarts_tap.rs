@@ -440,3 +440,48 @@ fn a_second_flow_manager_is_refused_while_one_is_connected_and_accepted_once_it_
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_driver_starting_with_a_live_drivers_prefix_leaves_its_runtime_dir_alone() {
+    let h = host();
+    let prefix = h.driver.prefix().to_owned();
+    let runtime_dir = nemflow_testkit::dpdk_runtime_dir(&prefix);
+    assert!(runtime_dir.join("config").exists());
+    // Same file prefix; its own tap, namespace and control socket.
+    let iface = nemflow_testkit::unique_name("nfx");
+    let netns = nemflow_testkit::unique_name("nfy");
+    let _iface_guard = nemflow_testkit::IfaceGuard(iface.clone());
+    let socket = h.dir().join("second-driver.sock");
+    let text = std::fs::read_to_string(&h.driver.config)
+        .unwrap()
+        .replace(&format!("iface={}", h.driver.iface), &format!("iface={iface}"))
+        .replace(&format!("netns: {}", h.driver.netns), &format!("netns: {netns}"))
+        .replace(
+            &format!("control_socket: {}", h.driver.socket.display()),
+            &format!("control_socket: {}", socket.display()),
+        );
+    let config = h.dir().join("second-driver.yaml");
+    std::fs::write(&config, text).unwrap();
+    let mut second = Command::new(workspace_binary("nemflow-driver"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until(Duration::from_secs(20), || {
+        !matches!(second.try_wait(), Ok(None))
+    });
+    let _ = second.kill();
+    let out = second.wait_with_output().unwrap();
+    let _ = nemflow_testkit::ip(&["netns", "del", &netns]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(exited && !out.status.success(), "the second driver started: {err}");
+    assert!(err.contains("another primary"), "{err}");
+    // The live driver's directory is whole, and it still serves.
+    assert!(runtime_dir.join("config").exists());
+    assert!(runtime_dir.join("dpdk_telemetry.v2").exists());
+    let drv = h.driver.client().unwrap();
+    assert_eq!(driver_flows(&drv), vec![FlowId(1)]);
+}
