@@ -296,6 +296,25 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    #[test]
+    fn the_first_probe_waits_an_interval_so_a_dying_listener_is_not_taken_for_a_new_one() {
+        let dir = tempfile_dir();
+        let path = dir.join("fm.sock");
+        // The killed flow manager's listening socket outlives its connections for a moment.
+        let dying = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let (l, peer) = pair(FlowId(7));
+        let mut l = l.with_probe(&path);
+        drop(peer);
+        l.check().unwrap();
+        l.check().unwrap();
+        assert_eq!(l.state(), &LivenessState::Orphaned);
+        drop(dying);
+        std::thread::sleep(PROBE_INTERVAL);
+        l.check().unwrap();
+        assert_eq!(l.state(), &LivenessState::Orphaned, "nobody listens");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     fn tempfile_dir() -> PathBuf {
         let d = std::env::temp_dir().join(format!(
             "nemflow-liveness-{}-{:?}",

@@ -238,8 +238,8 @@ fn serve<P: Port>(
                 }
             };
             let answer = match claim(client, &frame, manager) {
-                Ok(()) => handle(frame, dp, now_ns, &mut client.captures),
-                Err(refusal) => refusal,
+                None => handle(frame, dp, now_ns, &mut client.captures),
+                Some(refusal) => refusal,
             };
             reply(client, &answer)?;
             served += 1;
@@ -260,10 +260,11 @@ fn serve<P: Port>(
 }
 
 /// Lets a request that changes flows through only from the flow manager's connection; the first
-/// connection to send one while no other holds the role becomes the flow manager.
-fn claim(client: &mut Client, frame: &Frame, manager: &mut Option<i32>) -> Result<(), DriverReply> {
+/// connection to send one while no other holds the role becomes the flow manager. `Some`: the
+/// refusal to send instead.
+fn claim(client: &mut Client, frame: &Frame, manager: &mut Option<i32>) -> Option<DriverReply> {
     if client.manages {
-        return Ok(());
+        return None;
     }
     let changes_flows = matches!(
         frame.decode::<DriverRequest>(),
@@ -272,7 +273,7 @@ fn claim(client: &mut Client, frame: &Frame, manager: &mut Option<i32>) -> Resul
             | DriverRequest::SetQos { .. })
     );
     if !changes_flows {
-        return Ok(());
+        return None;
     }
     match *manager {
         Some(pid) => {
@@ -281,7 +282,7 @@ fn claim(client: &mut Client, frame: &Frame, manager: &mut Option<i32>) -> Resul
                 manager = pid,
                 "control socket: refused a second flow manager"
             );
-            Err(error(
+            Some(error(
                 Kind::Busy,
                 format!(
                     "another flow manager (pid {pid}) is connected to this driver: it serves one at a time (stop that one first)"
@@ -292,7 +293,7 @@ fn claim(client: &mut Client, frame: &Frame, manager: &mut Option<i32>) -> Resul
             client.manages = true;
             *manager = Some(client.pid);
             tracing::info!(pid = client.pid, "control client is the flow manager");
-            Ok(())
+            None
         }
     }
 }

@@ -92,7 +92,9 @@ pub fn why_readable(fd: BorrowedFd<'_>) -> Option<String> {
     let mut byte = [0u8; 1];
     let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
     match rustix::net::recv(fd, &mut byte[..], flags) {
-        Ok((0, _)) => Some("the driver closed its control connection (it exited or was killed)".into()),
+        Ok((0, _)) => {
+            Some("the driver closed its control connection (it exited or was killed)".into())
+        }
         Ok(_) => Some("the driver sent a message nobody asked for".into()),
         Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => None,
         Err(e) => Some(format!("the driver's control connection failed: {e}")),

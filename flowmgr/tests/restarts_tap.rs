@@ -96,7 +96,10 @@ impl Drop for App {
 fn peer_rx(h: &NemflowHost) -> u64 {
     let out = Command::new("ip")
         .args(["netns", "exec", &h.driver.netns, "cat"])
-        .arg(format!("/sys/class/net/{}/statistics/rx_packets", h.driver.iface))
+        .arg(format!(
+            "/sys/class/net/{}/statistics/rx_packets",
+            h.driver.iface
+        ))
         .output()
         .expect("ip netns exec");
     assert!(
@@ -193,7 +196,11 @@ fn flowmgr_kill_9_keeps_flows_moving_refuses_opens_at_once_and_its_restart_remov
     let took = t.elapsed();
     match refused {
         Err(e @ ClientError::NotRunning { .. }) => {
-            assert_eq!(e.errno(), rustix::io::Errno::CONNREFUSED.raw_os_error(), "{e}");
+            assert_eq!(
+                e.errno(),
+                rustix::io::Errno::CONNREFUSED.raw_os_error(),
+                "{e}"
+            );
             let text = e.to_string();
             assert!(text.contains("is nemflow-flowmgr running?"), "{text}");
         }
@@ -205,7 +212,12 @@ fn flowmgr_kill_9_keeps_flows_moving_refuses_opens_at_once_and_its_restart_remov
     let mut late = App::spawn(&h, "udp-blast", &["--remote", &remote(), "--count", "1"]);
     let status = late.wait_exit(Duration::from_secs(5));
     let took = t.elapsed();
-    assert_eq!(status.and_then(|s| s.code()), Some(2), "{}", late.err_text());
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "{}",
+        late.err_text()
+    );
     assert!(
         late.err_text().contains("no flow manager at"),
         "{}",
@@ -247,7 +259,10 @@ fn flowmgr_kill_9_keeps_flows_moving_refuses_opens_at_once_and_its_restart_remov
     );
     // Its traffic stopped: nothing but the new flow manager's own announcements.
     let after = peer_rx_during(&h, Duration::from_millis(500));
-    assert!(after < 10, "{after} frames after the stale flow was removed");
+    assert!(
+        after < 10,
+        "{after} frames after the stale flow was removed"
+    );
     a_new_flow_works(&h);
 }
 
@@ -262,11 +277,22 @@ fn driver_kill_9_revokes_apps_at_once_stops_the_flowmgr_with_its_reason_and_leav
     // Blocked in recv, polling without blocking, and blocked in send on a full channel.
     let mut apps = [
         App::spawn(&h, "udp-sink", &["--port", "7000", "--quiet"]),
-        App::spawn(&h, "udp-sink", &["--port", "7001", "--quiet", "--nonblocking"]),
+        App::spawn(
+            &h,
+            "udp-sink",
+            &["--port", "7001", "--quiet", "--nonblocking"],
+        ),
         App::spawn(
             &h,
             "udp-blast",
-            &["--remote", &remote(), "--payload", "1000", "--tx-slots", "16"],
+            &[
+                "--remote",
+                &remote(),
+                "--payload",
+                "1000",
+                "--tx-slots",
+                "16",
+            ],
         ),
     ];
     assert!(
@@ -307,7 +333,9 @@ fn driver_kill_9_revokes_apps_at_once_stops_the_flowmgr_with_its_reason_and_leav
         );
     }
     let apps_took = killed.elapsed();
-    eprintln!("driver killed: flow manager out after {fm_took:?}, every app revoked after {apps_took:?}");
+    eprintln!(
+        "driver killed: flow manager out after {fm_took:?}, every app revoked after {apps_took:?}"
+    );
     assert!(apps_took < Duration::from_secs(2), "{apps_took:?}");
 
     // Nothing of the dead driver but what only its next start can tidy: the tap went with the
@@ -334,15 +362,21 @@ fn driver_kill_9_revokes_apps_at_once_stops_the_flowmgr_with_its_reason_and_leav
         .expect("driver restart");
     let dlog = h.driver.log_text();
     assert!(
-        dlog.contains("removed DPDK's runtime directory a driver that did not exit cleanly left behind"),
+        dlog.contains(
+            "removed DPDK's runtime directory a driver that did not exit cleanly left behind"
+        ),
         "{dlog}"
     );
     assert!(
-        dlog.contains("removed the tap peer namespace a driver that did not exit cleanly left behind"),
+        dlog.contains(
+            "removed the tap peer namespace a driver that did not exit cleanly left behind"
+        ),
         "{dlog}"
     );
     h.restart_flowmgr().unwrap();
-    assert!(h.flowmgr_log_text().contains("no stale flows in the driver"));
+    assert!(h
+        .flowmgr_log_text()
+        .contains("no stale flows in the driver"));
     a_new_flow_works(&h);
 
     // And a clean stop leaves nothing at all.
@@ -439,4 +473,58 @@ fn a_second_flow_manager_is_refused_while_one_is_connected_and_accepted_once_it_
         "{serving:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_driver_starting_with_a_live_drivers_prefix_leaves_its_runtime_dir_alone() {
+    let h = host();
+    let prefix = h.driver.prefix().to_owned();
+    let runtime_dir = nemflow_testkit::dpdk_runtime_dir(&prefix);
+    assert!(runtime_dir.join("config").exists());
+    // Same file prefix; its own tap, namespace and control socket.
+    let iface = nemflow_testkit::unique_name("nfx");
+    let netns = nemflow_testkit::unique_name("nfy");
+    let _iface_guard = nemflow_testkit::IfaceGuard(iface.clone());
+    let socket = h.dir().join("second-driver.sock");
+    let text = std::fs::read_to_string(&h.driver.config)
+        .unwrap()
+        .replace(
+            &format!("iface={}", h.driver.iface),
+            &format!("iface={iface}"),
+        )
+        .replace(
+            &format!("netns: {}", h.driver.netns),
+            &format!("netns: {netns}"),
+        )
+        .replace(
+            &format!("control_socket: {}", h.driver.socket.display()),
+            &format!("control_socket: {}", socket.display()),
+        );
+    let config = h.dir().join("second-driver.yaml");
+    std::fs::write(&config, text).unwrap();
+    let mut second = Command::new(workspace_binary("nemflow-driver"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until(Duration::from_secs(20), || {
+        !matches!(second.try_wait(), Ok(None))
+    });
+    let _ = second.kill();
+    let out = second.wait_with_output().unwrap();
+    let _ = nemflow_testkit::ip(&["netns", "del", &netns]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        exited && !out.status.success(),
+        "the second driver started: {err}"
+    );
+    assert!(err.contains("another primary"), "{err}");
+    // The live driver's directory is whole, and it still serves.
+    assert!(runtime_dir.join("config").exists());
+    assert!(runtime_dir.join("dpdk_telemetry.v2").exists());
+    let drv = h.driver.client().unwrap();
+    assert_eq!(driver_flows(&drv), vec![FlowId(1)]);
 }

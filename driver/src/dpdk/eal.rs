@@ -134,7 +134,11 @@ pub fn remove_stale_runtime_dir(prefix: &str) -> bool {
 /// Whether a process holds a lock on DPDK's `config` file (a live primary process). When the
 /// file cannot be opened or asked, it counts as locked: better left alone.
 fn config_locked(path: &std::path::Path) -> bool {
-    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(path) else {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    else {
         return true;
     };
     // SAFETY: flock is plain data; all-zero is a valid value before the fields are set.

@@ -313,4 +313,8 @@ impl DriverLink for Timed {
         }
         r
     }
+
+    fn watch_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.link.watch_fd()
+    }
 }
