@@ -33,7 +33,7 @@ pub enum PortError {
         proto: &'static str,
         /// The port.
         port: u16,
-        /// "bound", "to <remote>", "listening".
+        /// `bound`, `to <remote>` or `listening`.
         what: String,
     },
     /// The 5-tuple is held for TIME_WAIT.

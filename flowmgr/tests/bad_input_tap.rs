@@ -168,37 +168,45 @@ fn a_flood_to_closed_ports_meets_the_rate_limit() {
             )
             .unwrap();
     }
-    let sent_for = start.elapsed();
-    // Count the ICMP errors the remote host gets back over the next second.
-    let mut icmp = 0;
-    let until_t = Instant::now() + Duration::from_secs(1);
-    while let Some(_f) = remote
-        .recv_matching(until_t.saturating_duration_since(Instant::now()), |f| {
-            f.len() > 34 && f[6..12] == HOST_MAC && f[23] == 1 && f[34] == 3
-        })
-    {
-        icmp += 1;
-    }
-    let (f1, d1) = until(&host, |f, _| {
-        get(f, "errors_rate_limited") > get(&f0, "errors_rate_limited")
+    // Wait until the flow manager has dealt with every datagram: answered, counted as limited,
+    // or dropped by the driver for its full channel (it is isolated like any other flow).
+    let settled =
+        |f: &[(String, u64)], d: &[(String, u64)], f0: &[(String, u64)], d0: &[(String, u64)]| {
+            let answered = get(f, "udp_port_unreachable") - get(f0, "udp_port_unreachable");
+            let limited = get(f, "errors_rate_limited") - get(f0, "errors_rate_limited");
+            let unread = get(d, "unmatched") - get(d0, "unmatched");
+            (answered, limited, unread)
+        };
+    let (f1, d1) = until(&host, |f, d| {
+        let (a, l, u) = settled(f, d, &f0, &d0);
+        a + l + u >= 2000
     });
-    let limited = get(&f1, "errors_rate_limited") - get(&f0, "errors_rate_limited");
-    let answered = get(&f1, "udp_port_unreachable") - get(&f0, "udp_port_unreachable");
-    // What arrived faster than the flow manager read its own channel was dropped by the driver
-    // for that flow (it is isolated like any other).
-    let unread = get(&d1, "unmatched") - get(&d0, "unmatched");
-    // The config's defaults: a burst and a steady rate per second.
-    let bound = 50.0 + (sent_for.as_secs_f64() + 1.0) * 100.0;
-    assert!(
-        answered as f64 <= bound,
-        "{answered} port unreachables in {sent_for:?}: limit {bound}"
-    );
-    assert!(limited > 0, "the rest were counted as rate-limited: {f1:?}");
+    // The limiter can only have refilled for as long as the datagrams took to be dealt with.
+    let busy_for = start.elapsed();
+    let (answered, limited, unread) = settled(&f1, &d1, &f0, &d0);
     assert_eq!(
         answered + limited + unread,
         2000,
         "every datagram answered, counted as limited, or dropped for the flow manager's full channel"
     );
+    // The config's defaults: a burst of 50 and 100 a second.
+    let bound = 50.0 + busy_for.as_secs_f64() * 100.0;
+    assert!(
+        answered as f64 <= bound,
+        "{answered} port unreachables in {busy_for:?}: limit {bound}"
+    );
+    assert!(limited > 0, "the rest were counted as rate-limited: {f1:?}");
+    // Every error counted as sent reaches the remote host.
+    let mut icmp = 0;
+    while icmp < answered {
+        let got = remote.recv_matching(Duration::from_secs(2), |f| {
+            f.len() > 34 && f[6..12] == HOST_MAC && f[23] == 1 && f[34] == 3
+        });
+        if got.is_none() {
+            break;
+        }
+        icmp += 1;
+    }
     assert_eq!(
         icmp, answered,
         "what was counted as sent reached the remote host"
