@@ -154,6 +154,15 @@ fn a_flood_to_closed_ports_meets_the_rate_limit() {
     let host = host();
     let remote = RawSocket::bind_in(&host.driver.netns, &host.driver.iface).unwrap();
     remote.set_recv_buffer(16 << 20).unwrap();
+    // The remote host's side of the tap queues 1000 frames by default and drops the rest
+    // (counted by its kernel, not by nemflow) when the driver is slow to read on a loaded
+    // machine: let it hold the whole flood, so every datagram reaches the driver.
+    let status = std::process::Command::new("ip")
+        .args(["-n", &host.driver.netns, "link", "set", "dev"])
+        .args([host.driver.iface.as_str(), "txqueuelen", "4096"])
+        .status()
+        .unwrap();
+    assert!(status.success());
     let (f0, d0) = counters(&host);
     let start = Instant::now();
     for i in 0..2000u16 {
