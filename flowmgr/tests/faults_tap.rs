@@ -270,13 +270,7 @@ fn an_app_killed_holding_buffers_is_cleaned_up_and_its_port_reused_timing() {
     let host = NemflowHost::start(&DriverOptions::default(), "").unwrap();
     let drv = host.driver.client().unwrap();
     let mut kids = Children::default();
-    let capture = Capture::start(
-        &host.driver.netns,
-        &host.driver.iface,
-        Box::new(|f| (udp_src_port(f) == Some(BLAST)).then_some(0)),
-        None,
-    )
-    .unwrap();
+    let capture = capture_from(&host, BLAST);
     // The other flow: 0.2 ms of every 10 ms of the 1 Gbit/s link (20 Mbit/s), no slack.
     kids.push("udp-blast", blast(&host, BLAST, 10.0, 0.2, 30.0));
     let blast_id = wait_flow(&host, BLAST, &mut kids);
@@ -500,13 +494,7 @@ fn link_down_and_up_on_the_tap_is_counted_and_traffic_recovers() {
     let log = host.dir().join("sink.log");
     kids.push("sink", sink(&host, SINK, 1024, &log));
     let sink_id = wait_flow(&host, SINK, &mut kids);
-    let capture = Capture::start(
-        &host.driver.netns,
-        &host.driver.iface,
-        Box::new(|f| (udp_src_port(f) == Some(BLAST)).then_some(0)),
-        None,
-    )
-    .unwrap();
+    let capture = capture_from(&host, BLAST);
     // Transmit: 20 Mbit/s reserved (0.2 ms of every 10 ms), no slack. Receive: about a
     // datagram a millisecond from the remote host.
     kids.push("udp-blast", blast(&host, BLAST, 10.0, 0.2, 30.0));
@@ -733,4 +721,15 @@ fn kernel_tx_dropped(host: &NemflowHost) -> u64 {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A capture at the remote host of the frames nemflow sends from UDP port `port` (as flow 0).
+fn capture_from(host: &NemflowHost, port: u16) -> Capture {
+    Capture::start(
+        &host.driver.netns,
+        &host.driver.iface,
+        Box::new(move |f| (udp_src_port(f) == Some(port)).then_some(0)),
+        None,
+    )
+    .unwrap()
 }

@@ -1,7 +1,7 @@
 //! Raw AF_PACKET sockets: see and send exactly the frames a kernel interface carries.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// An AF_PACKET socket bound to one interface, receiving every ethertype.
@@ -11,7 +11,28 @@ pub struct RawSocket {
     ifindex: i32,
 }
 
-fn last_os_error(what: &str) -> String {
+/// Reads (and so resets) a packet socket's `PACKET_STATISTICS` into `stats`, whose type is the
+/// one the socket's ring version fills (`tpacket_stats`, `tpacket_stats_v3`).
+pub(crate) fn packet_statistics<T: Copy>(fd: BorrowedFd<'_>, mut stats: T) -> Result<T, String> {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: valid socket; `stats` and `len` are valid out-pointers of the size given, and
+    // every `T` used here is a plain C struct of integers, valid for any bytes.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&raw mut stats).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(last_os_error("PACKET_STATISTICS"));
+    }
+    Ok(stats)
+}
+
+pub(crate) fn last_os_error(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
 
@@ -147,24 +168,13 @@ impl RawSocket {
     /// Frames the kernel dropped for this socket since the last call (its receive buffer was
     /// full), from `PACKET_STATISTICS`.
     pub fn drops(&self) -> Result<u64, String> {
-        let mut stats = libc::tpacket_stats {
-            tp_packets: 0,
-            tp_drops: 0,
-        };
-        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-        // SAFETY: valid socket; `stats` and `len` are valid out-pointers of the sizes given.
-        let ret = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut stats as *mut libc::tpacket_stats).cast(),
-                &mut len,
-            )
-        };
-        if ret < 0 {
-            return Err(last_os_error("PACKET_STATISTICS"));
-        }
+        let stats = packet_statistics(
+            self.fd.as_fd(),
+            libc::tpacket_stats {
+                tp_packets: 0,
+                tp_drops: 0,
+            },
+        )?;
         Ok(u64::from(stats.tp_drops))
     }
 

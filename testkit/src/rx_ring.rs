@@ -10,14 +10,12 @@
 
 use std::fs::File;
 use std::mem::{offset_of, size_of};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-fn last_os_error(what: &str) -> String {
-    format!("{what}: {}", std::io::Error::last_os_error())
-}
+use crate::raw::last_os_error;
 
 /// The shape of the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,25 +274,14 @@ impl RxRing {
     /// The socket's counters since the ring was bound (the kernel's counters are read and reset,
     /// and added up here).
     pub fn stats(&mut self) -> Result<RingStats, String> {
-        let mut st = libc::tpacket_stats_v3 {
-            tp_packets: 0,
-            tp_drops: 0,
-            tp_freeze_q_cnt: 0,
-        };
-        let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
-        // SAFETY: valid socket; `st` and `len` are valid out-pointers of the sizes given.
-        let ret = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut st as *mut libc::tpacket_stats_v3).cast(),
-                &mut len,
-            )
-        };
-        if ret < 0 {
-            return Err(last_os_error("PACKET_STATISTICS"));
-        }
+        let st = crate::raw::packet_statistics(
+            self.fd.as_fd(),
+            libc::tpacket_stats_v3 {
+                tp_packets: 0,
+                tp_drops: 0,
+                tp_freeze_q_cnt: 0,
+            },
+        )?;
         self.totals.packets += u64::from(st.tp_packets);
         self.totals.drops += u64::from(st.tp_drops);
         self.totals.freezes += u64::from(st.tp_freeze_q_cnt);
