@@ -17,14 +17,14 @@
 //! keep moving until then (a new flow manager removes them first: `nemflow_flowmgr` docs).
 
 use std::io::ErrorKind;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nemflow_proto::ctl::{DriverReply, DriverRequest, ErrorKind as Kind, INSTALL_FLOW_FDS};
-use nemflow_proto::wire::{self, Decoder, Frame, WireError};
+use nemflow_proto::wire::{self, Decoder, WireError};
 
 use crate::datapath::{Datapath, FlowError};
 use crate::port::Port;
@@ -237,9 +237,12 @@ fn serve<P: Port>(
                     return Err(e);
                 }
             };
-            let answer = match claim(client, &frame, manager) {
-                None => handle(frame, dp, now_ns, &mut client.captures),
-                Some(refusal) => refusal,
+            let answer = match frame.decode::<DriverRequest>() {
+                Err(e) => error(Kind::Invalid, e.to_string()),
+                Ok(request) => match claim(client, &request, manager) {
+                    None => handle(request, frame.fds, dp, now_ns, &mut client.captures),
+                    Some(refusal) => refusal,
+                },
             };
             reply(client, &answer)?;
             served += 1;
@@ -262,15 +265,19 @@ fn serve<P: Port>(
 /// Lets a request that changes flows through only from the flow manager's connection; the first
 /// connection to send one while no other holds the role becomes the flow manager. `Some`: the
 /// refusal to send instead.
-fn claim(client: &mut Client, frame: &Frame, manager: &mut Option<i32>) -> Option<DriverReply> {
+fn claim(
+    client: &mut Client,
+    request: &DriverRequest,
+    manager: &mut Option<i32>,
+) -> Option<DriverReply> {
     if client.manages {
         return None;
     }
     let changes_flows = matches!(
-        frame.decode::<DriverRequest>(),
-        Ok(DriverRequest::InstallFlow { .. }
+        request,
+        DriverRequest::InstallFlow { .. }
             | DriverRequest::RemoveFlow { .. }
-            | DriverRequest::SetQos { .. })
+            | DriverRequest::SetQos { .. }
     );
     if !changes_flows {
         return None;
@@ -324,16 +331,12 @@ fn flow_error(e: FlowError) -> DriverReply {
 
 /// Answers one request; `captures` are the ones this client started.
 fn handle<P: Port>(
-    frame: Frame,
+    request: DriverRequest,
+    fds: Vec<OwnedFd>,
     dp: &mut Datapath<P>,
     now_ns: u64,
     captures: &mut Vec<u32>,
 ) -> DriverReply {
-    let request: DriverRequest = match frame.decode() {
-        Ok(r) => r,
-        Err(e) => return error(Kind::Invalid, e.to_string()),
-    };
-    let fds = frame.fds;
     if !matches!(
         request,
         DriverRequest::InstallFlow { .. } | DriverRequest::CaptureStart { .. }

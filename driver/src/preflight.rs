@@ -44,7 +44,7 @@ pub fn check(config: &Config) -> Result<(), PreflightError> {
             }
         }
         if let Some(peer) = &config.port.tap_peer {
-            if Path::new("/var/run/netns").join(&peer.netns).exists() {
+            if crate::tap_peer::netns_path(&peer.netns).exists() {
                 let held = crate::tap_peer::interfaces_in(&peer.netns);
                 if !held.is_empty() {
                     return Err(PreflightError::NetnsBusy(

@@ -48,7 +48,7 @@ impl TapPeer {
     /// went with it, the namespace stayed, holding nothing but `lo`) is deleted and made anew;
     /// one that still holds other interfaces is someone else's and an error.
     pub fn setup(netns: &str, iface: &str, addr: Ipv4Cidr) -> Result<Self, TapPeerError> {
-        if std::path::Path::new("/run/netns").join(netns).exists() {
+        if netns_path(netns).exists() {
             remove_stale(netns)?;
         }
         ip(&["netns", "add", netns])?;
@@ -105,8 +105,8 @@ impl LinkWatch {
         for (d, s) in name.iter_mut().zip(bytes) {
             *d = *s as libc::c_char;
         }
-        let path = format!("/var/run/netns/{netns}");
-        let ns = std::fs::File::open(&path).map_err(|e| err(format!("{path}: {e}")))?;
+        let path = netns_path(netns);
+        let ns = std::fs::File::open(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         // A short-lived thread enters the namespace, so the driver's own threads stay where
         // they are.
         let sock = std::thread::spawn(move || -> Result<OwnedFd, String> {
@@ -148,6 +148,11 @@ impl LinkWatch {
         let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
         Some(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
     }
+}
+
+/// Where `ip netns` keeps the named network namespace `netns`.
+pub fn netns_path(netns: &str) -> std::path::PathBuf {
+    std::path::Path::new("/var/run/netns").join(netns)
 }
 
 /// The interfaces in `netns` other than `lo` (a namespace that cannot be listed counts as

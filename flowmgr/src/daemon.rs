@@ -824,17 +824,17 @@ impl<D: DriverLink> Daemon<D> {
             let mut pfds = Vec::with_capacity(self.clients.len() + listen_armed.len() + 4);
             pfds.push(PollFd::new(&self.listener, PollFlags::IN));
             pfds.push(PollFd::new(&self.host_flow.rx, PollFlags::IN));
-            if let Some(s) = &self.stop {
+            let stop_at = self.stop.as_ref().map(|s| {
                 pfds.push(PollFd::new(s, PollFlags::IN));
-            }
-            let stop_at = pfds.len() - 1;
+                pfds.len() - 1
+            });
             // The driver's connection: it never speaks unasked, so an event is its end.
             let driver_at = self.driver.watch_fd().map(|fd| {
                 pfds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
                 pfds.len() - 1
             });
             // The listening ports' flows follow.
-            let stop_at = driver_at.unwrap_or(stop_at);
+            let listens_start = pfds.len();
             for port in &listen_armed {
                 if let Some(f) = self.listeners.get(port).and_then(|l| l.flow.as_ref()) {
                     pfds.push(PollFd::new(&f.rx, PollFlags::IN));
@@ -859,9 +859,10 @@ impl<D: DriverLink> Daemon<D> {
             }
             let listen = pfds[0].revents();
             let host_ev = pfds[1].revents();
-            let stop = self.stop.is_some() && !pfds[2].revents().is_empty();
-            let driver_ev = driver_at.is_some_and(|i| !pfds[i].revents().is_empty());
-            let listen_ev = pfds[stop_at + 1..listens_end]
+            let fired = |at: Option<usize>| at.is_some_and(|i| !pfds[i].revents().is_empty());
+            let stop = fired(stop_at);
+            let driver_ev = fired(driver_at);
+            let listen_ev = pfds[listens_start..listens_end]
                 .iter()
                 .any(|p| !p.revents().is_empty());
             let rev: Vec<PollFlags> = pfds[base..].iter().map(|p| p.revents()).collect();

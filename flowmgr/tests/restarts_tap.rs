@@ -72,16 +72,7 @@ impl App {
 
     /// Waits up to `timeout` for the app to exit.
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() >= end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        nemflow_testkit::system::wait_exit(&mut self.child, timeout)
     }
 }
 

@@ -79,16 +79,7 @@ impl NemflowHost {
 
     /// Waits up to `timeout` for the flow manager to exit; its exit status, if it did.
     pub fn wait_flowmgr_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.flowmgr.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_exit(&mut self.flowmgr, timeout)
     }
 
     /// What the flow manager logged so far (all its runs).
@@ -162,6 +153,20 @@ fn spawn_flowmgr(config: &Path, socket: &Path, log: &Path) -> Result<Child, Stri
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(flowmgr)
+}
+
+/// Waits up to `timeout` for `child` to exit; its exit status, if it did.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Stops a child with SIGTERM (SIGKILL after 5 s) and reaps it.
