@@ -351,6 +351,26 @@ impl Config {
         Ok(config)
     }
 
+    /// Settings that are valid but likely to hurt, each as a sentence for the log (the driver
+    /// logs them as warnings at start). Today: a pool too small to fill both descriptor rings
+    /// and still take two bursts, which on a NIC that keeps sent mbufs in its transmit ring
+    /// until it needs the slots can leave receive without buffers (`rx_nombuf`).
+    pub fn advice(&self) -> Vec<String> {
+        let mut advice = Vec::new();
+        let needed = u32::from(self.port.rx_desc)
+            + u32::from(self.port.tx_desc)
+            + 2 * u32::from(self.driver.burst);
+        if self.port.mbufs < needed {
+            advice.push(format!(
+                "port.mbufs = {} is fewer than rx_desc + tx_desc + 2 × driver.burst = {needed}: \
+                 with a NIC that holds sent mbufs in its transmit ring, receive can run out of \
+                 buffers (counted as rx_nombuf); use at least {needed}",
+                self.port.mbufs
+            ));
+        }
+        advice
+    }
+
     /// Cross-field checks that parsing alone cannot make.
     fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
         let invalid = |field: &'static str, problem: String| ConfigError::Invalid {

@@ -85,9 +85,16 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(prefix) = args.file_prefix {
         config.eal.file_prefix = prefix;
     }
+    let advice = config.advice();
     if args.check_config {
+        for a in &advice {
+            println!("{}: warning: {a}", args.config.display());
+        }
         println!("{}: ok", args.config.display());
         return Ok(());
+    }
+    for a in &advice {
+        tracing::warn!("{}: {a}", args.config.display());
     }
     preflight::check(&config).map_err(|e| e.to_string())?;
     if args.smoke {
