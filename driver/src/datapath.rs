@@ -6,10 +6,11 @@
 //! counted by reason; every drop goes into the [`DropLog`].
 
 use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 
 use foldhash::fast::RandomState;
-use nemflow_proto::ctl::{DropEntry, DropReason, FlowStats, PortInfo, TcpSeen};
+use nemflow_proto::ctl::{DropEntry, DropReason, FlowStats, PortInfo, TcpEnds, TcpSeen};
 use nemflow_proto::flow::{ip_proto, Filter, FlowId, Qos, Template, TemplateKind};
 use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, FdSource, IoRec, CHANNEL_FDS};
 use nemflow_sched::{Pick, Scheduler};
@@ -968,6 +969,9 @@ struct Segment {
     /// `SEG.LEN`: payload bytes plus one for SYN and one for FIN.
     len: u32,
     flags: u8,
+    /// Source as `local`, destination as `remote` and the destination MAC (a sent segment's
+    /// view).
+    ends: TcpEnds,
 }
 
 /// Parses the TCP header of an Ethernet/IPv4 frame; `None` for anything else, a fragment, or
@@ -989,13 +993,22 @@ fn tcp_segment(frame: &[u8]) -> Option<Segment> {
         return None;
     }
     let word = |at: usize| u32::from_be_bytes([tcp[at], tcp[at + 1], tcp[at + 2], tcp[at + 3]]);
+    let port = |at: usize| u16::from_be_bytes([tcp[at], tcp[at + 1]]);
+    let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
     let flags = tcp[13];
     let syn_fin = u32::from(flags & TcpSeen::SYN != 0) + u32::from(flags & TcpSeen::FIN != 0);
+    let mut next_hop_mac = [0u8; 6];
+    next_hop_mac.copy_from_slice(&frame[..6]);
     Some(Segment {
         seq: word(4),
         ack: word(8),
         len: (tcp.len() - doff) as u32 + syn_fin,
         flags,
+        ends: TcpEnds {
+            local: SocketAddrV4::new(addr(12), port(0)),
+            remote: SocketAddrV4::new(addr(16), port(2)),
+            next_hop_mac,
+        },
     })
 }
 
@@ -1015,6 +1028,7 @@ impl TcpTrack {
     fn on_tx(&mut self, frame: &[u8]) {
         let Some(s) = tcp_segment(frame) else { return };
         let t = &mut self.seen;
+        t.ends = Some(s.ends);
         // An RST consumes no sequence space and may carry an unrelated sequence number.
         if s.flags & TcpSeen::RST == 0 {
             advance(&mut t.snd_nxt, s.seq.wrapping_add(s.len), !self.tx_any);
@@ -1205,6 +1219,15 @@ mod tests {
         send(&mut dp, &mut app, &out(isn, 0, TcpSeen::SYN, b""), &mut now);
         let s = seen(&dp).unwrap();
         assert_eq!((s.snd_nxt, s.tx_flags), (isn.wrapping_add(1), TcpSeen::SYN));
+        // The ends, as the sent segment named them: what a restarted flow manager resets.
+        assert_eq!(
+            s.ends,
+            Some(TcpEnds {
+                local: HOST,
+                remote: PEER,
+                next_hop_mac: PEER_MAC
+            })
+        );
         peer.inject(inbound(
             7000,
             isn.wrapping_add(1),

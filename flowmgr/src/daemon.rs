@@ -17,7 +17,7 @@ use nemflow_proto::app::{
     Transport, DEFAULT_BACKLOG, MAX_BACKLOG,
 };
 use nemflow_proto::ctl::{
-    DriverReply, DriverRequest, ErrorKind as DrvErr, FlowStats, PortInfo, TcpSeen,
+    DriverReply, DriverRequest, ErrorKind as DrvErr, FlowStats, PortInfo, TcpEnds, TcpSeen,
 };
 use nemflow_proto::flow::{ip_proto, Fib, Filter, FlowId, Qos, Template, TemplateKind};
 use nemflow_proto::wire::{self, Decoder, WireError};
@@ -469,13 +469,20 @@ fn drv_err(kind: DrvErr, message: String) -> AppError {
     app_err(k, format!("driver: {message}"))
 }
 
+/// What a flow manager that started over found in the driver: the stale flows it removed, and
+/// of those the TCP connections their apps left open, to reset once the host flow is up.
+struct Stale {
+    removed: usize,
+    open_tcp: Vec<(TcpEnds, TcpSeen)>,
+}
+
 /// Removes every flow the driver holds: at start the flow manager has created none, so each
 /// one is left by a previous run that did not stop cleanly (killed, crashed). Their apps count
 /// them revoked once this flow manager listens (`nemflow_appstack::liveness`); removing them
 /// stops their traffic, frees their share of the link and unmaps their channels in the driver.
-/// Returns how many. The first removal also makes this connection the driver's flow manager: a
-/// driver that already serves another refuses it (`Busy`), and that ends the start.
-fn remove_stale_flows<D: DriverLink>(driver: &mut D) -> Result<usize, StartError> {
+/// The first removal also makes this connection the driver's flow manager: a driver that
+/// already serves another refuses it (`Busy`), and that ends the start.
+fn remove_stale_flows<D: DriverLink>(driver: &mut D) -> Result<Stale, StartError> {
     let refused = |message: String| StartError::DriverRefused {
         what: "removing stale flows",
         message,
@@ -485,12 +492,23 @@ fn remove_stale_flows<D: DriverLink>(driver: &mut D) -> Result<usize, StartError
         DriverReply::Error { message, .. } => return Err(refused(message)),
         _ => return Err(refused("unexpected reply to FlowStats".into())),
     };
-    let mut removed = 0;
+    let mut found = Stale {
+        removed: 0,
+        open_tcp: Vec::new(),
+    };
     for f in &stale {
         match driver.call(&DriverRequest::RemoveFlow { id: f.id }, &[])? {
             DriverReply::Ok => {
-                removed += 1;
+                found.removed += 1;
                 tracing::debug!(flow = %f.id, tx_packets = f.tx_packets, rx_packets = f.rx_packets, "stale flow removed");
+                if let Some(seen) = f
+                    .tcp
+                    .filter(|s| matches!(tcp_close(s), TcpClose::Reset { .. }))
+                {
+                    if let Some(ends) = seen.ends {
+                        found.open_tcp.push((ends, seen));
+                    }
+                }
             }
             // Gone meanwhile: nothing to do.
             DriverReply::Error {
@@ -501,7 +519,37 @@ fn remove_stale_flows<D: DriverLink>(driver: &mut D) -> Result<usize, StartError
             _ => return Err(refused("unexpected reply to RemoveFlow".into())),
         }
     }
-    Ok(removed)
+    Ok(found)
+}
+
+/// What a TCP connection whose flow is gone needs, from what the driver saw of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TcpClose {
+    /// Closed both ways (FIN sent and received): TIME_WAIT, answered by the flow manager.
+    TimeWait,
+    /// Left open (the app exited, crashed or was killed): an RST the peer accepts, at our
+    /// next sequence number, acknowledging what we received if we ever acknowledged.
+    Reset { seq: u32, ack: Option<u32> },
+    /// Reset already, or never synchronized: nothing.
+    Nothing,
+}
+
+fn tcp_close(seen: &TcpSeen) -> TcpClose {
+    let both_fins = seen.tx_flags & TcpSeen::FIN != 0 && seen.rx_flags & TcpSeen::FIN != 0;
+    let reset = (seen.tx_flags | seen.rx_flags) & TcpSeen::RST != 0;
+    let synchronized = seen.tx_flags & (TcpSeen::SYN | TcpSeen::ACK) != 0;
+    if reset {
+        TcpClose::Nothing
+    } else if both_fins {
+        TcpClose::TimeWait
+    } else if synchronized {
+        TcpClose::Reset {
+            seq: seen.snd_nxt,
+            ack: (seen.tx_flags & TcpSeen::ACK != 0).then_some(seen.rcv_nxt),
+        }
+    } else {
+        TcpClose::Nothing
+    }
 }
 
 fn read_comm(pid: i32) -> Option<String> {
@@ -546,10 +594,11 @@ impl<D: DriverLink> Daemon<D> {
             }
         };
         let stale = remove_stale_flows(&mut driver)?;
-        if stale > 0 {
+        if stale.removed > 0 {
             tracing::warn!(
-                flows = stale,
-                "removed {stale} stale flows a previous flow manager left in the driver"
+                flows = stale.removed,
+                "removed {} stale flows a previous flow manager left in the driver",
+                stale.removed
             );
         } else {
             tracing::info!("no stale flows in the driver");
@@ -675,6 +724,22 @@ impl<D: DriverLink> Daemon<D> {
             StartError::Config(format!("cannot start the channel factory thread: {e}"))
         })?;
         d.host.announce(&mut d.tx);
+        // The connections the stale flows' apps left open: their peers would otherwise wait
+        // for segments that never come (until their own timeouts).
+        for (ends, seen) in stale.open_tcp {
+            if let TcpClose::Reset { seq, ack } = tcp_close(&seen) {
+                d.host.reset(
+                    ends.local.port(),
+                    ends.remote,
+                    ends.next_hop_mac,
+                    seq,
+                    ack,
+                    &mut d.tx,
+                );
+                d.counters.tcp_resets_on_close += 1;
+                tracing::info!(local = %ends.local, remote = %ends.remote, "stale connection reset");
+            }
+        }
         d.transmit();
         tracing::info!(
             ip = %ip, prefix_len, mac = %crate::host::fmt_mac(mac), port = %port.name,
@@ -1302,20 +1367,19 @@ impl<D: DriverLink> Daemon<D> {
         mac: Option<[u8; 6]>,
         seen: TcpSeen,
     ) {
-        let both_fins = seen.tx_flags & TcpSeen::FIN != 0 && seen.rx_flags & TcpSeen::FIN != 0;
-        let reset = (seen.tx_flags | seen.rx_flags) & TcpSeen::RST != 0;
-        let synchronized = seen.tx_flags & (TcpSeen::SYN | TcpSeen::ACK) != 0;
-        if both_fins && !reset {
-            self.ports.set_time_wait_state(port, remote, seen);
-            self.counters.tcp_time_waits += 1;
-        } else if !reset && synchronized {
-            if let Some(mac) = mac {
-                let ack = (seen.tx_flags & TcpSeen::ACK != 0).then_some(seen.rcv_nxt);
-                self.host
-                    .reset(port, remote, mac, seen.snd_nxt, ack, &mut self.tx);
-                self.counters.tcp_resets_on_close += 1;
-                tracing::debug!(port, %remote, "connection left open: reset");
+        match tcp_close(&seen) {
+            TcpClose::TimeWait => {
+                self.ports.set_time_wait_state(port, remote, seen);
+                self.counters.tcp_time_waits += 1;
             }
+            TcpClose::Reset { seq, ack } => {
+                if let Some(mac) = mac {
+                    self.host.reset(port, remote, mac, seq, ack, &mut self.tx);
+                    self.counters.tcp_resets_on_close += 1;
+                    tracing::debug!(port, %remote, "connection left open: reset");
+                }
+            }
+            TcpClose::Nothing => {}
         }
     }
 

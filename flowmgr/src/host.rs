@@ -1125,6 +1125,7 @@ mod tests {
             peer_nxt: 9001,
             tx_flags: TcpSeen::SYN | TcpSeen::ACK | TcpSeen::FIN,
             rx_flags: TcpSeen::SYN | TcpSeen::ACK | TcpSeen::FIN,
+            ends: None,
         };
         let tw = |listening| TcpLookup {
             listening,

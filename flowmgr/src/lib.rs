@@ -55,7 +55,9 @@
 //!   driver for every flow it holds and removes each one before it installs its own flow — at
 //!   start it has created none, so all are stale — and logs how many ("removed N stale flows a
 //!   previous flow manager left in the driver"). Their traffic stops and their share of the
-//!   link and their channels return; orphaned apps, which probe the socket every 100 ms,
+//!   link and their channels return. A TCP connection among them that its app left open gets
+//!   an RST at once, from the ends and sequence state the driver saw in its segments
+//!   (`TcpSeen::ends`): its peer would otherwise wait on an idle connection. Orphaned apps, which probe the socket every 100 ms,
 //!   count their flows revoked once it listens again, and open new ones.
 //! - **The driver serves one flow manager at a time**: the first connection that changes flows
 //!   holds the role until it closes; another one's change is refused (`Busy`, naming the

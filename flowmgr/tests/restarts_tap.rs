@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use nemflow_flowmgr::client::{Client, ClientError};
 use nemflow_proto::app::OpenFlow;
 use nemflow_proto::ctl::{DriverReply, DriverRequest, ErrorKind};
 use nemflow_proto::FlowId;
-use nemflow_testkit::driver::{workspace_binary, DriverClient, DriverOptions, PEER_IP};
+use nemflow_testkit::driver::{workspace_binary, DriverClient, DriverOptions, HOST_IP, PEER_IP};
 use nemflow_testkit::system::NemflowHost;
 
 /// Where the apps send: the remote host (no socket listens there; frames are counted at its
@@ -255,6 +256,75 @@ fn flowmgr_kill_9_keeps_flows_moving_refuses_opens_at_once_and_its_restart_remov
         "{after} frames after the stale flow was removed"
     );
     a_new_flow_works(&h);
+}
+
+/// A TCP client on the remote host: connects to `HOST_IP:port` (retrying while the app starts),
+/// has "hello" echoed, then waits idle for `idle_s` seconds and says how the connection ended
+/// (`reset`, `eof`, `data` or `timeout`). Idle, it sends nothing that could draw an RST from
+/// the flow manager's last-resort handler: only a flow manager that resets on its own ends it.
+fn idle_tcp_client(h: &NemflowHost, port: u16, idle_s: u32) -> Child {
+    let script = format!(
+        "import socket, time\n\
+         for i in range(100):\n    \
+             try:\n        s = socket.create_connection(('{HOST_IP}', {port}), timeout=1); break\n    \
+             except OSError: time.sleep(0.1)\n\
+         s.sendall(b'hello'); print('echoed', s.recv(100).decode(), flush=True)\n\
+         s.settimeout({idle_s})\n\
+         try:\n    b = s.recv(100); print('data' if b else 'eof', flush=True)\n\
+         except ConnectionResetError: print('reset', flush=True)\n\
+         except socket.timeout: print('timeout', flush=True)\n"
+    );
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h.driver.netns,
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_restarted_flow_manager_resets_the_tcp_connections_a_killed_one_left_open_timing() {
+    let mut h = host();
+    let drv = h.driver.client().unwrap();
+    let _echo = App::spawn(&h, "tcp-echo", &["--port", "7007"]);
+    let mut client = idle_tcp_client(&h, 7007, 10);
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "echoed hello", "the connection did not work");
+    // The host flow, the listening port's flow and the connection's.
+    assert_eq!(driver_flows(&drv).len(), 3);
+
+    h.kill_flowmgr();
+    std::thread::sleep(Duration::from_millis(300));
+    let restarted = Instant::now();
+    h.restart_flowmgr().unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let took = restarted.elapsed();
+    let _ = client.kill();
+    let _ = client.wait();
+    assert_eq!(
+        line.trim(),
+        "reset",
+        "the remote's connection after the restart: {}",
+        h.flowmgr_log_text()
+    );
+    eprintln!("flow manager restart to the remote's reset: {took:?}");
+    assert!(took < Duration::from_secs(2), "reset took {took:?}");
+    let log = h.flowmgr_log_text();
+    assert!(log.contains("stale connection reset"), "{log}");
+    assert!(
+        log.contains("removed 3 stale flows a previous flow manager left in the driver"),
+        "{log}"
+    );
 }
 
 #[test]

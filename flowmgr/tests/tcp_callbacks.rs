@@ -234,6 +234,7 @@ fn a_clean_close_holds_time_wait_and_answers_for_it() {
         peer_nxt: 2001,
         tx_flags: TcpSeen::SYN | TcpSeen::ACK | TcpSeen::FIN,
         rx_flags: TcpSeen::SYN | TcpSeen::ACK | TcpSeen::FIN,
+        ends: None,
     };
     set_seen(&h, flow.id(), closed);
     app.close(flow.id()).unwrap();
@@ -269,6 +270,7 @@ fn a_clean_close_holds_time_wait_and_answers_for_it() {
         peer_nxt: 900_501,
         tx_flags: TcpSeen::SYN | TcpSeen::ACK,
         rx_flags: TcpSeen::SYN | TcpSeen::ACK,
+        ends: None,
     };
     set_seen(&h, again.id(), open);
     h.fake.take_sent();

@@ -307,6 +307,21 @@ pub struct TcpSeen {
     pub tx_flags: u8,
     /// Every TCP flag seen in received segments, ORed.
     pub rx_flags: u8,
+    /// The connection's ends as the latest segment sent named them (from the driver's policed
+    /// copy), `None` before one was sent: what a flow manager that did not open the flow (it
+    /// restarted) needs to reset the connection.
+    pub ends: Option<TcpEnds>,
+}
+
+/// The two ends of a TCP connection and the station its segments went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpEnds {
+    /// Our address and port.
+    pub local: std::net::SocketAddrV4,
+    /// The peer's address and port.
+    pub remote: std::net::SocketAddrV4,
+    /// The destination MAC of the segments sent (the next hop's).
+    pub next_hop_mac: [u8; 6],
 }
 
 impl TcpSeen {
