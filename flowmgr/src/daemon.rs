@@ -142,6 +142,10 @@ counters! {
         flows_closed_on_exit,
         /// Opens that waited for ARP.
         opens_parked,
+        /// Channel pairs handed to the driver ahead of their flows (`StageChannels`).
+        pairs_staged,
+        /// Opens served from a staged pair (no channel set-up on their path).
+        opens_staged,
         /// Frames the host flow sent.
         host_tx_frames,
         /// Frames the host flow could not send (no free buffer or FIFO full).
@@ -345,6 +349,35 @@ pub struct Daemon<D: DriverLink> {
     /// off the open path. The thread shares nothing with the loop but this bounded queue.
     spare: Receiver<SparePair>,
     default_spec: ChannelSpec,
+    /// Pairs of the default geometry the driver holds attached already (`StageChannels`), for
+    /// the next opens; staged while the loop is idle.
+    staged: VecDeque<StagedPair>,
+    /// The id the next staged pair gets.
+    next_staged: u32,
+    /// False once the driver refused to stage (opens then hand it their channels).
+    staging: bool,
+    /// No staging before then (the factory had no pair ready last time).
+    stage_after: Instant,
+}
+
+/// How many channel pairs the flow manager keeps staged in the driver.
+const STAGED_PAIRS: usize = 4;
+const _: () = assert!(STAGED_PAIRS <= nemflow_proto::ctl::MAX_STAGED);
+
+/// How long the loop must have had nothing to do before it stages a pair (staging blocks it
+/// for one driver round trip, which a request arriving meanwhile would wait for).
+const STAGE_WHEN_IDLE: Duration = Duration::from_micros(100);
+
+/// How long staging waits when the channel factory had no pair ready.
+const FACTORY_RETRY: Duration = Duration::from_millis(1);
+
+/// A channel pair staged in the driver: its id there, and the app's ends (the transmit
+/// channel's fds, the receive channel's with its data area read-only). Used by one flow only.
+#[derive(Debug)]
+struct StagedPair {
+    id: u32,
+    tx: ChannelFds,
+    rx: ChannelFds,
 }
 
 /// Channel pairs kept ready.
@@ -667,6 +700,10 @@ impl<D: DriverLink> Daemon<D> {
             listeners: BTreeMap::new(),
             spare: sync_channel(0).1,
             default_spec: spec,
+            staged: VecDeque::with_capacity(STAGED_PAIRS),
+            next_staged: 0,
+            staging: true,
+            stage_after: Instant::now(),
         };
         d.default_spec = d
             .channel_spec(0, 0, "default")
@@ -805,13 +842,20 @@ impl<D: DriverLink> Daemon<D> {
         for c in self.clients.values() {
             consider(c.msg_started.map(|t| t + self.set.client_timeout));
         }
+        let stage = self.wants_staging();
         let timeout = if host_ready || listen_ready {
             Duration::ZERO
         } else {
-            deadline
+            let t = deadline
                 .map(|d| d.saturating_duration_since(now))
                 .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            if stage {
+                let retry = self.stage_after.saturating_duration_since(now);
+                t.min(STAGE_WHEN_IDLE.max(retry))
+            } else {
+                t
+            }
         };
 
         let ts = Timespec {
@@ -820,6 +864,7 @@ impl<D: DriverLink> Daemon<D> {
         };
 
         let mut ids = Vec::with_capacity(self.clients.len());
+        let mut idle = false;
         let (revents, stop, listen, host_ev, listen_ev, driver_ev) = {
             let mut pfds = Vec::with_capacity(self.clients.len() + listen_armed.len() + 4);
             pfds.push(PollFd::new(&self.listener, PollFlags::IN));
@@ -854,7 +899,8 @@ impl<D: DriverLink> Daemon<D> {
                 ids.push(id);
             }
             match rustix::event::poll(&mut pfds, Some(&ts)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Ok(n) => idle = n == 0,
+                Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(RunError::Poll(e.into())),
             }
             let listen = pfds[0].revents();
@@ -914,6 +960,9 @@ impl<D: DriverLink> Daemon<D> {
             self.disconnect(cid, true);
         }
         self.transmit();
+        if stage && idle && self.fatal.is_none() {
+            self.stage_one(now);
+        }
         Ok(false)
     }
 
@@ -932,6 +981,47 @@ impl<D: DriverLink> Daemon<D> {
         let r = nemflow_rbuf::create(rx)?;
         let ro = r.with_read_only_data()?;
         Ok((t, r, ro))
+    }
+
+    /// Whether the loop should stage a pair when it is idle.
+    fn wants_staging(&self) -> bool {
+        self.staging && self.staged.len() < STAGED_PAIRS
+    }
+
+    /// Hands the driver one channel pair of the default geometry, if the factory has one ready,
+    /// for a later open. A refusal turns staging off (an older driver, or one short of
+    /// resources: opens then hand over their own channels, as before).
+    fn stage_one(&mut self, now: Instant) {
+        if now < self.stage_after {
+            return;
+        }
+        let Ok((tx, rx, app_rx)) = self.spare.try_recv() else {
+            self.stage_after = now + FACTORY_RETRY;
+            return;
+        };
+        let id = self.next_staged;
+        self.next_staged = self.next_staged.wrapping_add(1);
+        let req = DriverRequest::StageChannels {
+            id,
+            tx: self.default_spec,
+            rx: self.default_spec,
+        };
+        let fds: Vec<BorrowedFd<'_>> = tx.as_fds().into_iter().chain(rx.as_fds()).collect();
+        match self.driver.call(&req, &fds) {
+            Ok(DriverReply::Ok) => {
+                self.counters.pairs_staged += 1;
+                self.staged.push_back(StagedPair { id, tx, rx: app_rx });
+            }
+            Ok(DriverReply::Error { message, .. }) => {
+                tracing::warn!(%message, "the driver does not stage channel pairs: opens hand it their channels");
+                self.staging = false;
+            }
+            Ok(_) => {
+                tracing::warn!("unexpected driver reply to StageChannels: staging turned off");
+                self.staging = false;
+            }
+            Err(e) => self.fatal = Some(e.to_string()),
+        }
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -1900,21 +1990,47 @@ impl<D: DriverLink> Daemon<D> {
             }
             (_, None) => return Err(app_err(AppErrorKind::Invalid, "IP flow without a port")),
         };
-        let (tx, rx, app_rx) = self.channels(&p.tx, &p.rx).map_err(no_mem)?;
-        let req = DriverRequest::InstallFlow {
-            id: p.id,
-            filter,
-            template: Template {
-                src_mac: self.mac,
-                kind,
-            },
-            qos: p.qos,
-            tx: p.tx,
-            rx: p.rx,
+        let template = Template {
+            src_mac: self.mac,
+            kind,
+        };
+        let default_geometry = p.tx == self.default_spec && p.rx == self.default_spec;
+        let staged = if default_geometry {
+            self.staged.pop_front()
+        } else {
+            None
+        };
+        // The app's ends: from the staged pair, or made now and handed to the driver with the
+        // request.
+        let (tx, app_rx, reply) = match staged {
+            Some(pair) => {
+                self.counters.opens_staged += 1;
+                let req = DriverRequest::InstallStaged {
+                    id: p.id,
+                    staged: pair.id,
+                    filter,
+                    template,
+                    qos: p.qos,
+                };
+                (pair.tx, pair.rx, self.driver.call(&req, &[]))
+            }
+            None => {
+                let (tx, rx, app_rx) = self.channels(&p.tx, &p.rx).map_err(no_mem)?;
+                let req = DriverRequest::InstallFlow {
+                    id: p.id,
+                    filter,
+                    template,
+                    qos: p.qos,
+                    tx: p.tx,
+                    rx: p.rx,
+                };
+                let fds: Vec<BorrowedFd<'_>> = tx.as_fds().into_iter().chain(rx.as_fds()).collect();
+                let reply = self.driver.call(&req, &fds);
+                (tx, app_rx, reply)
+            }
         };
         {
-            let fds: Vec<BorrowedFd<'_>> = tx.as_fds().into_iter().chain(rx.as_fds()).collect();
-            match self.driver.call(&req, &fds) {
+            match reply {
                 Ok(DriverReply::Ok) => {}
                 Ok(DriverReply::Error { kind, message }) => return Err(drv_err(kind, message)),
                 Ok(_) => {
@@ -1929,7 +2045,6 @@ impl<D: DriverLink> Daemon<D> {
                 }
             }
         }
-        drop(rx);
         let fib = Fib {
             flow: p.id,
             local: p.local,

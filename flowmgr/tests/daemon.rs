@@ -770,3 +770,41 @@ fn sigterm_revokes_every_flow_and_leaves_nothing_behind() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn idle_time_stages_channel_pairs_that_serve_one_open_each_and_go_with_the_flow_manager() {
+    let mut h = Harness::start("");
+    assert!(
+        h.fake.wait_for(5 * SEC, |s| s.staged == 4),
+        "pairs not staged: {}",
+        h.fake.state().staged
+    );
+    let mut c = h.client();
+    let a = c
+        .open(&OpenFlow::udp(0, Some(SocketAddrV4::new(PEER, 7000))))
+        .unwrap();
+    let b = c
+        .open(&OpenFlow::udp(0, Some(SocketAddrV4::new(PEER, 7001))))
+        .unwrap();
+    assert_eq!(h.counter("opens_staged"), 2);
+    // Each open consumed its own pair: both flows carry their own frames.
+    for (i, flow) in [a, b].into_iter().enumerate() {
+        let id = flow.id();
+        let (mut tx, _rx) = flow.attach().unwrap();
+        for _ in 0..=i {
+            let ext = tx.alloc(60).unwrap().unwrap();
+            tx.buf_mut(ext).unwrap().fill(0x5a);
+            tx.push(IoRec::single(ext, 0)).unwrap();
+        }
+        assert!(h.fake.wait_for(SEC, |s| s
+            .stats
+            .get(&id)
+            .is_some_and(|f| f.tx_packets == i as u64 + 1)));
+    }
+    // Idle again: the pool refills; a closed flow's pair is never staged again.
+    assert!(h.fake.wait_for(5 * SEC, |s| s.staged == 4));
+    assert_eq!(h.counter("pairs_staged"), 6);
+    // The flow manager goes: so do the pairs it staged.
+    common::stop(&mut h.daemon);
+    assert!(h.fake.wait_for(5 * SEC, |s| s.staged == 0));
+}

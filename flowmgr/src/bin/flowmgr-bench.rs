@@ -105,6 +105,7 @@ fn run(args: Args) -> Result<(), String> {
     let req = OpenFlow::udp(0, Some(args.remote));
 
     let mut nf_reply = Vec::new();
+    let mut close_reply = Vec::new();
     let mut flow_cycle = |c: &mut Client| -> Result<(Duration, Duration), String> {
         let t0 = Instant::now();
         let flow = c.open(&req).map_err(|e| e.to_string())?;
@@ -119,6 +120,7 @@ fn run(args: Args) -> Result<(), String> {
         tx.push(IoRec::single(ext, 0)).map_err(|e| e.to_string())?;
         let t1 = Instant::now();
         c.close(id).map_err(|e| e.to_string())?;
+        close_reply.push(t1.elapsed());
         drop((tx, rx));
         let t2 = Instant::now();
         Ok((t1 - t0, t2 - t1))
@@ -180,9 +182,11 @@ fn run(args: Args) -> Result<(), String> {
     daemon
         .join()
         .map_err(|_| "flow manager thread panicked".to_string())??;
-    let installs = fake
-        .as_ref()
-        .map(|f| f.state().requests.get("install").copied().unwrap_or(0));
+    let installs = fake.as_ref().map(|f| {
+        let s = f.state();
+        let n = |k| s.requests.get(k).copied().unwrap_or(0);
+        (n("install"), n("stage"))
+    });
     drop(fake);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -201,6 +205,7 @@ fn run(args: Args) -> Result<(), String> {
     println!("| | p50 µs | p99 µs | max µs |");
     println!("|---|---:|---:|---:|");
     let mut nf_reply: Vec<Duration> = nf_reply.split_off(warm.min(nf_reply.len()));
+    let mut close_reply: Vec<Duration> = close_reply.split_off(warm.min(close_reply.len()));
     let mut install: Vec<Duration> = {
         let mut v = installs_timed.lock().map_err(|_| "poisoned")?;
         let n = v.len();
@@ -222,6 +227,7 @@ fn run(args: Args) -> Result<(), String> {
         ),
         ("Linux socket + bind + connect + send (UDP)", &mut lx_open),
         ("nemflow close (flow gone from the driver)", &mut nf_close),
+        ("… of which the close request", &mut close_reply),
         ("Linux close (UDP)", &mut lx_close),
     ] {
         let (p50, p99, max) = percentiles(v);
@@ -240,8 +246,8 @@ fn run(args: Args) -> Result<(), String> {
         (rss1.saturating_sub(rss0)) as f64 / 1024.0 / args.hold.max(1) as f64,
         args.hold
     );
-    if let Some(n) = installs {
-        println!("driver installs: {n}");
+    if let Some((installs, staged)) = installs {
+        println!("driver installs: {installs}; channel pairs staged ahead: {staged}");
     }
     Ok(())
 }
@@ -306,7 +312,10 @@ impl DriverLink for Timed {
     ) -> Result<DriverReply, LinkError> {
         let t = Instant::now();
         let r = self.link.call(req, fds);
-        if matches!(req, DriverRequest::InstallFlow { .. }) {
+        if matches!(
+            req,
+            DriverRequest::InstallFlow { .. } | DriverRequest::InstallStaged { .. }
+        ) {
             if let Ok(mut v) = self.installs.lock() {
                 v.push(t.elapsed());
             }
