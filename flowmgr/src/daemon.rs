@@ -26,7 +26,7 @@ use nemflow_rbuf::{fdpass, rmm, tmm, ChannelFds, ChannelSpec, IoRec};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::arp::{ArpNews, Lookup};
-use crate::driver::{DriverLink, LinkError};
+use crate::driver::{DriverLink, LinkError, Pipeline};
 use crate::host::{Host, HostConfig, News, SynNews, TcpLookup};
 use crate::policy::Policy;
 use crate::ports::{Claim, PortError, PortTable};
@@ -144,8 +144,11 @@ counters! {
         opens_parked,
         /// Channel pairs handed to the driver ahead of their flows (`StageChannels`).
         pairs_staged,
-        /// Opens served from a staged pair (no channel set-up on their path).
+        /// Opens served from a staged pair (no channel set-up on their path, and answered
+        /// while the driver installs the filter).
         opens_staged,
+        /// Flows the driver refused after their open was answered (revoked at once).
+        opens_revoked_by_driver,
         /// Frames the host flow sent.
         host_tx_frames,
         /// Frames the host flow could not send (no free buffer or FIFO full).
@@ -318,7 +321,7 @@ struct Settings {
 #[derive(Debug)]
 pub struct Daemon<D: DriverLink> {
     set: Settings,
-    driver: D,
+    driver: Pipeline<D, InFlight>,
     listener: UnixListener,
     socket_path: Option<PathBuf>,
     stop: Option<OwnedFd>,
@@ -366,7 +369,16 @@ const _: () = assert!(STAGED_PAIRS <= nemflow_proto::ctl::MAX_STAGED);
 
 /// How long the loop must have had nothing to do before it stages a pair (staging blocks it
 /// for one driver round trip, which a request arriving meanwhile would wait for).
-const STAGE_WHEN_IDLE: Duration = Duration::from_micros(100);
+const STAGE_WHEN_IDLE: Duration = Duration::ZERO;
+
+/// A request sent to the driver whose reply the loop reads later.
+#[derive(Debug)]
+enum InFlight {
+    /// `StageChannels` for this pair: staged once the driver says so.
+    Stage(StagedPair),
+    /// `InstallStaged` for this flow, whose open was answered already.
+    Install(FlowId),
+}
 
 /// How long staging waits when the channel factory had no pair ready.
 const FACTORY_RETRY: Duration = Duration::from_millis(1);
@@ -672,7 +684,7 @@ impl<D: DriverLink> Daemon<D> {
         let [first, last] = fm.ephemeral_ports;
         let mut d = Daemon {
             set,
-            driver,
+            driver: Pipeline::new(driver),
             listener,
             socket_path: None,
             stop: None,
@@ -924,7 +936,10 @@ impl<D: DriverLink> Daemon<D> {
             return Ok(true);
         }
         if driver_ev {
-            if let Some(why) = self.driver.watch_fd().and_then(crate::driver::why_readable) {
+            if self.driver.in_flight().next().is_some() {
+                // Replies to requests sent ahead.
+                self.settle();
+            } else if let Some(why) = self.driver.watch_fd().and_then(crate::driver::why_readable) {
                 return Err(RunError::Driver(why));
             }
         }
@@ -960,6 +975,8 @@ impl<D: DriverLink> Daemon<D> {
             self.disconnect(cid, true);
         }
         self.transmit();
+        // Replies read by calls made this turn.
+        self.on_answered();
         if stage && idle && self.fatal.is_none() {
             self.stage_one(now);
         }
@@ -985,12 +1002,18 @@ impl<D: DriverLink> Daemon<D> {
 
     /// Whether the loop should stage a pair when it is idle.
     fn wants_staging(&self) -> bool {
-        self.staging && self.staged.len() < STAGED_PAIRS
+        let staging = self
+            .driver
+            .in_flight()
+            .filter(|f| matches!(f, InFlight::Stage(_)))
+            .count();
+        self.staging && self.staged.len() + staging < STAGED_PAIRS
     }
 
-    /// Hands the driver one channel pair of the default geometry, if the factory has one ready,
-    /// for a later open. A refusal turns staging off (an older driver, or one short of
-    /// resources: opens then hand over their own channels, as before).
+    /// Sends the driver one channel pair of the default geometry, if the factory has one ready,
+    /// for a later open; the loop does not wait for the driver to attach it. A refusal turns
+    /// staging off (an older driver, or one short of resources: opens then hand it their own
+    /// channels, as before).
     fn stage_one(&mut self, now: Instant) {
         if now < self.stage_after {
             return;
@@ -1007,21 +1030,66 @@ impl<D: DriverLink> Daemon<D> {
             rx: self.default_spec,
         };
         let fds: Vec<BorrowedFd<'_>> = tx.as_fds().into_iter().chain(rx.as_fds()).collect();
-        match self.driver.call(&req, &fds) {
-            Ok(DriverReply::Ok) => {
-                self.counters.pairs_staged += 1;
-                self.staged.push_back(StagedPair { id, tx, rx: app_rx });
-            }
-            Ok(DriverReply::Error { message, .. }) => {
-                tracing::warn!(%message, "the driver does not stage channel pairs: opens hand it their channels");
-                self.staging = false;
-            }
-            Ok(_) => {
-                tracing::warn!("unexpected driver reply to StageChannels: staging turned off");
-                self.staging = false;
-            }
+        match self.driver.send(&req, &fds) {
+            Ok(sent) => sent.tag(InFlight::Stage(StagedPair { id, tx, rx: app_rx })),
             Err(e) => self.fatal = Some(e.to_string()),
         }
+    }
+
+    /// Reads the driver's replies to the requests in flight and acts on every one read.
+    fn settle(&mut self) {
+        if let Err(e) = self.driver.drain() {
+            self.fatal = Some(e.to_string());
+        }
+        self.on_answered();
+    }
+
+    /// Acts on the replies read to requests sent ahead (staged pairs, installs on them).
+    fn on_answered(&mut self) {
+        while let Some((what, reply)) = self.driver.take_answered() {
+            match (what, reply) {
+                (InFlight::Stage(pair), DriverReply::Ok) => {
+                    self.counters.pairs_staged += 1;
+                    self.staged.push_back(pair);
+                }
+                (InFlight::Stage(_), reply) => {
+                    tracing::warn!(
+                        ?reply,
+                        "the driver does not stage channel pairs: opens hand it their channels"
+                    );
+                    self.staging = false;
+                }
+                (InFlight::Install(_), DriverReply::Ok) => {}
+                (InFlight::Install(fid), reply) => {
+                    let message = match reply {
+                        DriverReply::Error { message, .. } => message,
+                        other => format!("unexpected reply {other:?}"),
+                    };
+                    self.revoke_refused(fid, &message);
+                }
+            }
+        }
+    }
+
+    /// A flow whose open was answered and which the driver then refused: its app learns at
+    /// once (`Revoked`), and everything it held is released.
+    fn revoke_refused(&mut self, fid: FlowId, message: &str) {
+        self.counters.opens_revoked_by_driver += 1;
+        tracing::warn!(flow = %fid, %message, "the driver refused a flow already opened: revoked");
+        let Some(owner) = self.flows.get(&fid).map(|f| f.owner) else {
+            return;
+        };
+        if let Some(c) = self.clients.get_mut(&owner) {
+            c.flows.remove(&fid);
+        }
+        self.send_event(
+            owner,
+            AppEvent::Revoked {
+                flow: fid,
+                reason: format!("the driver refused the flow: {message}"),
+            },
+        );
+        self.teardown(fid, false);
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -1995,6 +2063,16 @@ impl<D: DriverLink> Daemon<D> {
             kind,
         };
         let default_geometry = p.tx == self.default_spec && p.rx == self.default_spec;
+        if default_geometry && self.staged.is_empty() {
+            // A pair the driver is attaching now is ready sooner than a new one.
+            if self
+                .driver
+                .in_flight()
+                .any(|f| matches!(f, InFlight::Stage(_)))
+            {
+                self.settle();
+            }
+        }
         let staged = if default_geometry {
             self.staged.pop_front()
         } else {
@@ -2004,6 +2082,10 @@ impl<D: DriverLink> Daemon<D> {
         // request.
         let (tx, app_rx, reply) = match staged {
             Some(pair) => {
+                // Answered without waiting for the driver: it installs the filter while the
+                // app attaches, before any later request of ours (it serves them in order).
+                // Every check the driver makes on the flow was made here already; should it
+                // refuse all the same, the flow is revoked (`on_answered`).
                 self.counters.opens_staged += 1;
                 let req = DriverRequest::InstallStaged {
                     id: p.id,
@@ -2012,7 +2094,12 @@ impl<D: DriverLink> Daemon<D> {
                     template,
                     qos: p.qos,
                 };
-                (pair.tx, pair.rx, self.driver.call(&req, &[]))
+                let sent = self
+                    .driver
+                    .send(&req, &[])
+                    .map(|s| s.tag(InFlight::Install(p.id)))
+                    .map(|()| DriverReply::Ok);
+                (pair.tx, pair.rx, sent)
             }
             None => {
                 let (tx, rx, app_rx) = self.channels(&p.tx, &p.rx).map_err(no_mem)?;

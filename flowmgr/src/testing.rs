@@ -65,6 +65,8 @@ pub struct FakeState {
     pub connections: u64,
     /// Channel pairs staged now (`StageChannels`, not yet installed).
     pub staged: usize,
+    /// Installs still to refuse (`Admission`), as a driver short of something would.
+    pub refuse_installs: u32,
 }
 
 /// The fake driver thread and its socket.
@@ -331,8 +333,15 @@ fn handle(
         }
         other => return handle_other(other, state, ends, default_flow),
     };
-    if lock(state).flows.contains_key(&id) {
-        return err(ErrorKind::Exists, format!("flow {id} exists"));
+    {
+        let mut s = lock(state);
+        if s.refuse_installs > 0 {
+            s.refuse_installs -= 1;
+            return err(ErrorKind::Admission, "refused as the test asked".into());
+        }
+        if s.flows.contains_key(&id) {
+            return err(ErrorKind::Exists, format!("flow {id} exists"));
+        }
     }
     if filter == Filter::Default && default_flow.is_some() {
         return err(ErrorKind::Exists, "a default flow exists".into());

@@ -808,3 +808,33 @@ fn idle_time_stages_channel_pairs_that_serve_one_open_each_and_go_with_the_flow_
     common::stop(&mut h.daemon);
     assert!(h.fake.wait_for(5 * SEC, |s| s.staged == 0));
 }
+
+#[test]
+fn a_flow_the_driver_refuses_after_its_open_was_answered_is_revoked_and_released() {
+    let h = Harness::start("");
+    assert!(h.fake.wait_for(5 * SEC, |s| s.staged == 4));
+    let mut c = h.client();
+    h.fake.state().refuse_installs = 1;
+    // Answered before the driver installs the filter; the driver's refusal follows.
+    let f = c
+        .open(&OpenFlow::udp(6000, Some(SocketAddrV4::new(PEER, 7000))))
+        .unwrap();
+    match c.wait_event(Some(5 * SEC)) {
+        Ok(Some(AppEvent::Revoked { flow, reason })) => {
+            assert_eq!(flow, f.id());
+            assert!(reason.contains("refused as the test asked"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.counter("opens_revoked_by_driver"), 1);
+    assert!(c.flows().unwrap().is_empty(), "the flow is gone");
+    // Its port was released: the same open works now.
+    let again = c
+        .open(&OpenFlow::udp(6000, Some(SocketAddrV4::new(PEER, 7000))))
+        .unwrap();
+    assert!(h.fake.wait_for(SEC, |s| s.flows.contains_key(&again.id())));
+    assert_eq!(
+        c.close(f.id()).unwrap_err().kind(),
+        Some(AppErrorKind::NoSuchFlow)
+    );
+}

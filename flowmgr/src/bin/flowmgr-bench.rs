@@ -96,6 +96,7 @@ fn run(args: Args) -> Result<(), String> {
         let link = Timed {
             link,
             installs: timed,
+            sent: Default::default(),
         };
         let mut d = Daemon::start(&cfg, link, listener).map_err(|e| e.to_string())?;
         d.set_stop_fd(stop_rx.into());
@@ -206,27 +207,27 @@ fn run(args: Args) -> Result<(), String> {
     println!("|---|---:|---:|---:|");
     let mut nf_reply: Vec<Duration> = nf_reply.split_off(warm.min(nf_reply.len()));
     let mut close_reply: Vec<Duration> = close_reply.split_off(warm.min(close_reply.len()));
-    let mut install: Vec<Duration> = {
-        let mut v = installs_timed.lock().map_err(|_| "poisoned")?;
-        let n = v.len();
-        // The host flow's install first, then warm-up, measured, and held flows.
-        v.drain(..)
-            .skip(1 + warm)
-            .take(n.saturating_sub(1 + warm + args.hold))
-            .collect()
-    };
+    // The host flow's install first; then every open that found no staged pair.
+    let mut install: Vec<Duration> = installs_timed
+        .lock()
+        .map_err(|_| "poisoned")?
+        .drain(..)
+        .skip(1)
+        .collect();
+    let waited = format!(
+        "… opens without a staged pair ({} of {}): the driver's InstallFlow, waited for",
+        install.len(),
+        args.warmup + args.cycles + args.hold
+    );
     for (name, v) in [
         ("nemflow open + attach + first send", &mut nf_open),
         (
             "… of which the open request (FIB and fds received)",
             &mut nf_reply,
         ),
-        (
-            "… of which the driver's InstallFlow (as the flow manager waits for it)",
-            &mut install,
-        ),
+        (waited.as_str(), &mut install),
         ("Linux socket + bind + connect + send (UDP)", &mut lx_open),
-        ("nemflow close (flow gone from the driver)", &mut nf_close),
+        ("nemflow close (reply + unmap)", &mut nf_close),
         ("… of which the close request", &mut close_reply),
         ("Linux close (UDP)", &mut lx_close),
     ] {
@@ -298,24 +299,26 @@ fn tempfile_dir() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// The driver link, timing each `InstallFlow`.
+/// The driver link, timing each `InstallFlow` (an open the flow manager waits for: one that
+/// found no staged pair; an `InstallStaged` is not waited for).
 struct Timed {
     link: SocketDriver,
     installs: Arc<Mutex<Vec<Duration>>>,
+    /// When each request in flight was sent, if it is an `InstallFlow`.
+    sent: std::collections::VecDeque<Option<Instant>>,
 }
 
 impl DriverLink for Timed {
-    fn call(
-        &mut self,
-        req: &DriverRequest,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<DriverReply, LinkError> {
-        let t = Instant::now();
-        let r = self.link.call(req, fds);
-        if matches!(
-            req,
-            DriverRequest::InstallFlow { .. } | DriverRequest::InstallStaged { .. }
-        ) {
+    fn send(&mut self, req: &DriverRequest, fds: &[BorrowedFd<'_>]) -> Result<(), LinkError> {
+        let install = matches!(req, DriverRequest::InstallFlow { .. });
+        self.link.send(req, fds)?;
+        self.sent.push_back(install.then(Instant::now));
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<DriverReply, LinkError> {
+        let r = self.link.recv();
+        if let Some(Some(t)) = self.sent.pop_front() {
             if let Ok(mut v) = self.installs.lock() {
                 v.push(t.elapsed());
             }
