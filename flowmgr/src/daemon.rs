@@ -367,10 +367,6 @@ pub struct Daemon<D: DriverLink> {
 const STAGED_PAIRS: usize = 4;
 const _: () = assert!(STAGED_PAIRS <= nemflow_proto::ctl::MAX_STAGED);
 
-/// How long the loop must have had nothing to do before it stages a pair (staging blocks it
-/// for one driver round trip, which a request arriving meanwhile would wait for).
-const STAGE_WHEN_IDLE: Duration = Duration::ZERO;
-
 /// A request sent to the driver whose reply the loop reads later.
 #[derive(Debug)]
 enum InFlight {
@@ -378,7 +374,13 @@ enum InFlight {
     Stage(StagedPair),
     /// `InstallStaged` for this flow, whose open was answered already.
     Install(FlowId),
+    /// `RemoveFlow` for this flow, gone from the flow manager already.
+    Remove(FlowId),
 }
+
+/// How long replies to requests sent ahead may wait unread (read at once when a request needs
+/// them: an open taking a staged pair, any call; the driver has answered long before).
+const SETTLE_WHEN_IDLE: Duration = Duration::from_millis(1);
 
 /// How long staging waits when the channel factory had no pair ready.
 const FACTORY_RETRY: Duration = Duration::from_millis(1);
@@ -855,6 +857,9 @@ impl<D: DriverLink> Daemon<D> {
             consider(c.msg_started.map(|t| t + self.set.client_timeout));
         }
         let stage = self.wants_staging();
+        let settle_at = self.driver.in_flight_since().map(|t| t + SETTLE_WHEN_IDLE);
+        let in_flight = settle_at.is_some();
+        consider(settle_at);
         let timeout = if host_ready || listen_ready {
             Duration::ZERO
         } else {
@@ -863,8 +868,9 @@ impl<D: DriverLink> Daemon<D> {
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(1));
             if stage {
-                let retry = self.stage_after.saturating_duration_since(now);
-                t.min(STAGE_WHEN_IDLE.max(retry))
+                // A pair is staged by the first turn that finds nothing else to do (once the
+                // factory has one).
+                t.min(self.stage_after.saturating_duration_since(now))
             } else {
                 t
             }
@@ -886,8 +892,15 @@ impl<D: DriverLink> Daemon<D> {
                 pfds.len() - 1
             });
             // The driver's connection: it never speaks unasked, so an event is its end.
+            // With requests in flight, only its end: their replies are read when needed or
+            // when the loop is idle, not one wake-up each.
+            let driver_flags = if in_flight {
+                PollFlags::RDHUP
+            } else {
+                PollFlags::IN
+            };
             let driver_at = self.driver.watch_fd().map(|fd| {
-                pfds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                pfds.push(PollFd::from_borrowed_fd(fd, driver_flags));
                 pfds.len() - 1
             });
             // The listening ports' flows follow.
@@ -975,6 +988,9 @@ impl<D: DriverLink> Daemon<D> {
             self.disconnect(cid, true);
         }
         self.transmit();
+        if settle_at.is_some_and(|t| now >= t) && self.fatal.is_none() {
+            self.settle();
+        }
         // Replies read by calls made this turn.
         self.on_answered();
         if stage && idle && self.fatal.is_none() {
@@ -1059,7 +1075,13 @@ impl<D: DriverLink> Daemon<D> {
                     );
                     self.staging = false;
                 }
-                (InFlight::Install(_), DriverReply::Ok) => {}
+                (InFlight::Install(_) | InFlight::Remove(_), DriverReply::Ok) => {}
+                (InFlight::Remove(fid), DriverReply::Error { message, .. }) => {
+                    tracing::warn!(flow = %fid, %message, "driver did not remove the flow");
+                }
+                (InFlight::Remove(fid), _) => {
+                    tracing::warn!(flow = %fid, "unexpected driver reply to RemoveFlow");
+                }
                 (InFlight::Install(fid), reply) => {
                     let message = match reply {
                         DriverReply::Error { message, .. } => message,
@@ -1403,15 +1425,13 @@ impl<D: DriverLink> Daemon<D> {
             _ => None,
         };
         if driver_ok && self.fatal.is_none() {
+            // Not waited for: the driver removes it before it serves our next request, and the
+            // reply is checked when read (`on_answered`).
             match self
                 .driver
-                .call(&DriverRequest::RemoveFlow { id: fid }, &[])
+                .send(&DriverRequest::RemoveFlow { id: fid }, &[])
             {
-                Ok(DriverReply::Ok) => {}
-                Ok(DriverReply::Error { message, .. }) => {
-                    tracing::warn!(flow = %fid, %message, "driver did not remove the flow");
-                }
-                Ok(_) => tracing::warn!(flow = %fid, "unexpected driver reply to RemoveFlow"),
+                Ok(sent) => sent.tag(InFlight::Remove(fid)),
                 Err(e) => self.fatal = Some(e.to_string()),
             }
         }

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nemflow_proto::ctl::{DriverReply, DriverRequest};
 use nemflow_proto::wire::{self, Decoder, WireError};
@@ -112,6 +112,8 @@ impl DriverLink for SocketDriver {
 pub(crate) struct Pipeline<D, T> {
     link: D,
     in_flight: VecDeque<T>,
+    /// When the oldest request in flight was sent.
+    since: Option<Instant>,
     answered: VecDeque<(T, DriverReply)>,
 }
 
@@ -120,6 +122,7 @@ impl<D: DriverLink, T> Pipeline<D, T> {
         Self {
             link,
             in_flight: VecDeque::new(),
+            since: None,
             answered: VecDeque::new(),
         }
     }
@@ -132,6 +135,7 @@ impl<D: DriverLink, T> Pipeline<D, T> {
         fds: &[BorrowedFd<'_>],
     ) -> Result<Sent<'_, T>, LinkError> {
         self.link.send(req, fds)?;
+        self.since.get_or_insert_with(Instant::now);
         Ok(Sent(&mut self.in_flight))
     }
 
@@ -153,12 +157,18 @@ impl<D: DriverLink, T> Pipeline<D, T> {
                 self.answered.push_back((tag, reply));
             }
         }
+        self.since = None;
         Ok(())
     }
 
     /// Requests in flight, oldest first.
     pub(crate) fn in_flight(&self) -> impl Iterator<Item = &T> {
         self.in_flight.iter()
+    }
+
+    /// When the oldest request in flight was sent (`None`: none is).
+    pub(crate) fn in_flight_since(&self) -> Option<Instant> {
+        self.since
     }
 
     /// The oldest reply read and not taken yet, with its request's tag.

@@ -107,12 +107,15 @@ fn run(args: Args) -> Result<(), String> {
 
     let mut nf_reply = Vec::new();
     let mut close_reply = Vec::new();
+    let mut nf_attach = Vec::new();
     let mut flow_cycle = |c: &mut Client| -> Result<(Duration, Duration), String> {
         let t0 = Instant::now();
         let flow = c.open(&req).map_err(|e| e.to_string())?;
         nf_reply.push(t0.elapsed());
         let id = flow.id();
+        let ta = Instant::now();
         let (mut tx, rx) = flow.attach().map_err(|e| e.to_string())?;
+        nf_attach.push(ta.elapsed());
         let ext = tx
             .alloc(64)
             .map_err(|e| e.to_string())?
@@ -207,6 +210,7 @@ fn run(args: Args) -> Result<(), String> {
     println!("|---|---:|---:|---:|");
     let mut nf_reply: Vec<Duration> = nf_reply.split_off(warm.min(nf_reply.len()));
     let mut close_reply: Vec<Duration> = close_reply.split_off(warm.min(close_reply.len()));
+    let mut nf_attach: Vec<Duration> = nf_attach.split_off(warm.min(nf_attach.len()));
     // The host flow's install first; then every open that found no staged pair.
     let mut install: Vec<Duration> = installs_timed
         .lock()
@@ -226,6 +230,7 @@ fn run(args: Args) -> Result<(), String> {
             &mut nf_reply,
         ),
         (waited.as_str(), &mut install),
+        ("… of which attaching both channels (app)", &mut nf_attach),
         ("Linux socket + bind + connect + send (UDP)", &mut lx_open),
         ("nemflow close (reply + unmap)", &mut nf_close),
         ("… of which the close request", &mut close_reply),
