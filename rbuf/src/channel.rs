@@ -153,11 +153,13 @@ pub enum FdSource {
     /// Anyone, e.g. an application: every fd is checked exactly (memfds: seals and size;
     /// eventfds: by their `/proc/self/fd` link).
     Any,
-    /// The channel's creator, trusted and reached over a socket only it can write (the driver
-    /// receiving from the flow manager over its root-only control socket). The memfds are still
-    /// checked (seals and size: mapping a short one would fault later); the eventfds only by
-    /// `fstat` (an anonymous-inode file), which saves a `/proc` lookup of ~3 µs per eventfd.
-    /// The shared memory itself stays hostile either way: the peer is an application.
+    /// The channel's creator, trusted and reached over a socket only it can write: the driver
+    /// receiving from the flow manager over its root-only control socket, an application
+    /// receiving its flow's channels from the flow manager it connected to (and trusts with its
+    /// flows anyway). The memfds are still checked (seals and size: mapping a short one would
+    /// fault later); the eventfds only by `fstat` (an anonymous-inode file), which saves a
+    /// `/proc` lookup of ~3 µs per eventfd. The shared memory itself stays hostile either way:
+    /// the peer (an application, or the driver) may write anything into it.
     Creator,
 }
 
