@@ -240,6 +240,8 @@ fn admission_past_the_limit_is_refused_and_leaves_flows_untouched() {
     };
     let f1 = c.open(&OpenFlow::udp(0, None).with_qos(g(50))).unwrap();
     let f2 = c.open(&OpenFlow::udp(0, None).with_qos(g(40))).unwrap();
+    // An open is answered while the driver installs it.
+    assert!(h.fake.wait_for(SEC, |s| s.flows.contains_key(&f2.id())));
     let before: Vec<_> = h.fake.state().flows.keys().copied().collect();
     // 90% booked, 2% reserved: 10 ms more does not fit, 8 ms would.
     let e = c.open(&OpenFlow::udp(0, None).with_qos(g(10))).unwrap_err();
@@ -285,7 +287,7 @@ fn kill_9_removes_an_apps_flows_within_100_ms() {
     assert!(line.contains("local 10.77.0.1:6000"), "{line}");
     let (mut app2, _, id2) = h.hold_flow(&["tcp", "--remote", "10.77.0.2:80"]);
     let fid = FlowId(id);
-    assert!(h.fake.state().flows.contains_key(&fid));
+    assert!(h.fake.wait_for(SEC, |s| s.flows.contains_key(&fid)));
     let (ok, out, _) = h.run_nemflow(&["flows"], None);
     assert!(ok && out.contains("10.77.0.1:6000"), "{out}");
     let killed = Instant::now();
@@ -803,6 +805,11 @@ fn idle_time_stages_channel_pairs_that_serve_one_open_each_and_go_with_the_flow_
     }
     // Idle again: the pool refills; a closed flow's pair is never staged again.
     assert!(h.fake.wait_for(5 * SEC, |s| s.staged == 4));
+    // Counted once the driver's reply is read (when needed, or within 1 ms).
+    let end = Instant::now() + SEC;
+    while h.counter("pairs_staged") < 6 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     assert_eq!(h.counter("pairs_staged"), 6);
     // The flow manager goes: so do the pairs it staged.
     common::stop(&mut h.daemon);

@@ -130,6 +130,8 @@ fn a_syn_calls_the_listener_back_which_accepts_or_rejects() {
     assert_eq!(flow.fib.local, SocketAddrV4::new(US, 8080));
     assert_eq!(flow.fib.remote, Some(i.remote));
     assert_eq!(flow.fib.next_hop_mac, Some(PEER_MAC));
+    // Answered while the driver installs it.
+    assert!(h.fake.wait_for(SEC, |s| s.flows.contains_key(&flow.id())));
     let installed = h.fake.state().flows.get(&flow.id()).cloned().unwrap();
     assert_eq!(
         installed.filter,
