@@ -210,6 +210,8 @@ fn a_syn_flood_fills_only_its_own_backlog() {
 
 /// Sets what the fake driver reports as the TCP state of `flow`.
 fn set_seen(h: &Harness, flow: FlowId, seen: TcpSeen) {
+    // An accept is answered while the driver installs the flow (which resets its stats).
+    assert!(h.fake.wait_for(SEC, |s| s.flows.contains_key(&flow)));
     h.fake.state().stats.insert(
         flow,
         FlowStats {
