@@ -2,7 +2,8 @@
 //! socket, as the real driver does, with no NIC behind it.
 //!
 //! It attaches to every flow's channels as the driver would (so a bad fd, a wrong spec or an
-//! unsealed memfd fails the install), drains what apps and the flow manager transmit (counting
+//! unsealed memfd fails the install), keeps staged channel pairs for later installs and drops
+//! them with the connection (`StageChannels`, `InstallStaged`), drains what apps and the flow manager transmit (counting
 //! it per flow), records the flow manager's own frames, answers ARP for the neighbours a test
 //! declares, and delivers frames a test injects to the flow manager's default flow.
 
