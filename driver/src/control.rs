@@ -14,7 +14,9 @@
 //! captures) stay open to every root client: `nemflow capture`, `nemflow up` and tests read while
 //! the flow manager runs. Once the flow manager's connection closes (it exited or was killed),
 //! the next connection that changes flows takes its place; the flows it left stay installed and
-//! keep moving until then (a new flow manager removes them first: `nemflow_flowmgr` docs).
+//! keep moving until then (a new flow manager removes them first: `nemflow_flowmgr` docs). The
+//! channel pairs it staged for future flows (`StageChannels`) serve no app yet: they are dropped
+//! as soon as its connection closes.
 
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, OwnedFd};
@@ -154,10 +156,13 @@ impl ControlServer {
                 }
                 if client.manages {
                     manager = None;
+                    // Staged pairs serve no app yet: they go with the connection that made them.
+                    let staged = dp.drop_staged();
                     tracing::info!(
                         pid = client.pid,
                         flows = dp.port_info().flows,
-                        "the flow manager's connection closed: its flows stay until a new flow manager removes them"
+                        staged,
+                        "the flow manager's connection closed: its flows stay until a new flow manager removes them; its staged channel pairs are dropped"
                     );
                 }
             }
@@ -278,6 +283,8 @@ fn claim(
         DriverRequest::InstallFlow { .. }
             | DriverRequest::RemoveFlow { .. }
             | DriverRequest::SetQos { .. }
+            | DriverRequest::StageChannels { .. }
+            | DriverRequest::InstallStaged { .. }
     );
     if !changes_flows {
         return None;
@@ -320,6 +327,9 @@ fn flow_error(e: FlowError) -> DriverReply {
         FlowError::Filter(crate::flowtable::FilterError::Exists) => Kind::Exists,
         FlowError::Filter(_) => Kind::Invalid,
         FlowError::Channel(_) | FlowError::FdCount { .. } => Kind::BadChannel,
+        FlowError::NotStaged(_) => Kind::NotFound,
+        FlowError::StagedExists(_) => Kind::Exists,
+        FlowError::TooManyStaged(_) => Kind::Exhausted,
         FlowError::Sched(nemflow_sched::SchedError::Admission { .. }) => Kind::Admission,
         FlowError::Sched(_) => Kind::Invalid,
         FlowError::Capture(crate::capture::CaptureError::TooMany) => Kind::Exhausted,
@@ -339,7 +349,9 @@ fn handle<P: Port>(
 ) -> DriverReply {
     if !matches!(
         request,
-        DriverRequest::InstallFlow { .. } | DriverRequest::CaptureStart { .. }
+        DriverRequest::InstallFlow { .. }
+            | DriverRequest::StageChannels { .. }
+            | DriverRequest::CaptureStart { .. }
     ) && !fds.is_empty()
     {
         return error(
@@ -360,6 +372,20 @@ fn handle<P: Port>(
             tx,
             rx,
         } => match dp.install(id, filter, template, qos, &tx, &rx, fds, now_ns) {
+            Ok(()) => DriverReply::Ok,
+            Err(e) => flow_error(e),
+        },
+        DriverRequest::StageChannels { id, tx, rx } => match dp.stage(id, &tx, &rx, fds) {
+            Ok(()) => DriverReply::Ok,
+            Err(e) => flow_error(e),
+        },
+        DriverRequest::InstallStaged {
+            id,
+            staged,
+            filter,
+            template,
+            qos,
+        } => match dp.install_staged(id, staged, filter, template, qos, now_ns) {
             Ok(()) => DriverReply::Ok,
             Err(e) => flow_error(e),
         },

@@ -10,7 +10,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 
 use foldhash::fast::RandomState;
-use nemflow_proto::ctl::{DropEntry, DropReason, FlowStats, PortInfo, TcpEnds, TcpSeen};
+use nemflow_proto::ctl::{
+    DropEntry, DropReason, FlowStats, PortInfo, TcpEnds, TcpSeen, MAX_STAGED,
+};
 use nemflow_proto::flow::{ip_proto, Filter, FlowId, Qos, Template, TemplateKind};
 use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, FdSource, IoRec, CHANNEL_FDS};
 use nemflow_sched::{Pick, Scheduler};
@@ -112,6 +114,15 @@ pub enum FlowError {
     /// A capture could not start.
     #[error("capture: {0}")]
     Capture(#[from] CaptureError),
+    /// No staged channel pair with this id.
+    #[error("no staged channel pair {0}")]
+    NotStaged(u32),
+    /// A staged channel pair with this id exists.
+    #[error("staged channel pair {0} exists already")]
+    StagedExists(u32),
+    /// As many channel pairs are staged as the driver keeps.
+    #[error("{0} channel pairs staged already (the most the driver keeps)")]
+    TooManyStaged(usize),
     /// Wrong number of fds.
     #[error("expected {expected} fds, got {got}")]
     FdCount {
@@ -164,6 +175,37 @@ struct Flow {
     captured: bool,
 }
 
+/// A flow's two channels, as the driver attached them.
+#[derive(Debug)]
+struct Channels {
+    tx: tmm::Consumer,
+    rx: rmm::Producer,
+}
+
+impl Channels {
+    /// Checks and attaches the transmit channel's fds then the receive channel's. They come
+    /// from their creator, the flow manager, over the root-only control socket; the memory
+    /// stays hostile (the app is the peer).
+    fn attach(
+        tx_spec: &ChannelSpec,
+        rx_spec: &ChannelSpec,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<Self, FlowError> {
+        if fds.len() != 2 * CHANNEL_FDS {
+            return Err(FlowError::FdCount {
+                expected: 2 * CHANNEL_FDS,
+                got: fds.len(),
+            });
+        }
+        let rx_fds = fds.split_off(CHANNEL_FDS);
+        let tx =
+            tmm::Consumer::attach_from(tx_spec, ChannelFds::from_vec(fds)?, FdSource::Creator)?;
+        let rx =
+            rmm::Producer::attach_from(rx_spec, ChannelFds::from_vec(rx_fds)?, FdSource::Creator)?;
+        Ok(Self { tx, rx })
+    }
+}
+
 /// What one poll did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Work {
@@ -194,6 +236,8 @@ pub struct Datapath<P: Port> {
     staged_flows: Vec<FlowId>,
     /// Frames the port refused while its link was down, dropped.
     tx_refused: u64,
+    /// Channel pairs attached ahead of their flows (`StageChannels`), by the flow manager's id.
+    staged_pairs: HashMap<u32, Channels, RandomState>,
     /// The link state last seen by [`Datapath::check_link`], and how often it changed.
     link_up: bool,
     link_changes: u64,
@@ -223,6 +267,7 @@ impl<P: Port> Datapath<P> {
             staged: Vec::with_capacity(config.burst),
             staged_flows: Vec::with_capacity(config.burst),
             tx_refused: 0,
+            staged_pairs: HashMap::default(),
             link_up: port.link_up(),
             link_changes: 0,
             rx_touched: Vec::new(),
@@ -264,24 +309,73 @@ impl<P: Port> Datapath<P> {
         qos: Qos,
         tx_spec: &ChannelSpec,
         rx_spec: &ChannelSpec,
-        mut fds: Vec<OwnedFd>,
+        fds: Vec<OwnedFd>,
         now_ns: u64,
     ) -> Result<(), FlowError> {
         if self.by_id.contains_key(&id) {
             return Err(FlowError::Exists(id));
         }
-        if fds.len() != 2 * CHANNEL_FDS {
-            return Err(FlowError::FdCount {
-                expected: 2 * CHANNEL_FDS,
-                got: fds.len(),
-            });
+        let channels = Channels::attach(tx_spec, rx_spec, fds)?;
+        self.install_on(id, filter, template, qos, channels, now_ns)
+    }
+
+    /// Attaches a channel pair for a later [`install_staged`](Self::install_staged): `fds` are
+    /// checked as [`install`](Self::install) checks them.
+    pub fn stage(
+        &mut self,
+        staged: u32,
+        tx_spec: &ChannelSpec,
+        rx_spec: &ChannelSpec,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), FlowError> {
+        if self.staged_pairs.contains_key(&staged) {
+            return Err(FlowError::StagedExists(staged));
         }
-        let rx_fds = fds.split_off(CHANNEL_FDS);
-        // The fds come from their creator, the flow manager, over the root-only control socket.
-        let tx =
-            tmm::Consumer::attach_from(tx_spec, ChannelFds::from_vec(fds)?, FdSource::Creator)?;
-        let rx =
-            rmm::Producer::attach_from(rx_spec, ChannelFds::from_vec(rx_fds)?, FdSource::Creator)?;
+        if self.staged_pairs.len() >= MAX_STAGED {
+            return Err(FlowError::TooManyStaged(MAX_STAGED));
+        }
+        let channels = Channels::attach(tx_spec, rx_spec, fds)?;
+        self.staged_pairs.insert(staged, channels);
+        Ok(())
+    }
+
+    /// Installs a flow on the staged pair `staged`, which this consumes whether or not the
+    /// install succeeds (a pair never serves two flows).
+    pub fn install_staged(
+        &mut self,
+        id: FlowId,
+        staged: u32,
+        filter: Filter,
+        template: Template,
+        qos: Qos,
+        now_ns: u64,
+    ) -> Result<(), FlowError> {
+        let channels = self
+            .staged_pairs
+            .remove(&staged)
+            .ok_or(FlowError::NotStaged(staged))?;
+        if self.by_id.contains_key(&id) {
+            return Err(FlowError::Exists(id));
+        }
+        self.install_on(id, filter, template, qos, channels, now_ns)
+    }
+
+    /// Drops every staged channel pair (their flow manager is gone); returns how many.
+    pub fn drop_staged(&mut self) -> usize {
+        let n = self.staged_pairs.len();
+        self.staged_pairs.clear();
+        n
+    }
+
+    fn install_on(
+        &mut self,
+        id: FlowId,
+        filter: Filter,
+        template: Template,
+        qos: Qos,
+        Channels { tx, rx }: Channels,
+        now_ns: u64,
+    ) -> Result<(), FlowError> {
         let slot = match self.flows.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -465,6 +559,7 @@ impl<P: Port> Datapath<P> {
             rx_nombuf: s.rx_nombuf,
             drops,
             flows: self.by_id.len() as u32,
+            staged: self.staged_pairs.len() as u32,
             mbufs_in_use: self.port.buffers_in_use().unwrap_or(0),
             tx_errors: self.tx_refused,
             link_changes: self.link_changes,

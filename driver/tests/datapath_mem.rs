@@ -6,9 +6,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use nemflow_driver::classify::Malformed;
-use nemflow_driver::datapath::{Datapath, DatapathConfig};
+use nemflow_driver::datapath::{Datapath, DatapathConfig, FlowError};
 use nemflow_driver::port::{MemPeer, MemPort};
-use nemflow_proto::ctl::DropReason;
+use nemflow_proto::ctl::{DropReason, MAX_STAGED};
 use nemflow_proto::flow::{ip_proto, Filter, FlowId, Qos, Template, TemplateKind};
 use nemflow_rbuf::testing::{IndexWord, RawControl};
 use nemflow_rbuf::{FifoId, IoRec};
@@ -571,4 +571,107 @@ fn refused_frames_wait_while_the_link_is_up_and_are_dropped_and_counted_while_it
     assert_eq!(peer.take_sent().len(), 1);
     let p = dp.port_info();
     assert_eq!((p.tx_errors, p.link_changes), (4, 2));
+}
+
+#[test]
+fn staged_pairs_serve_one_flow_each_and_bad_ones_are_refused() {
+    let (mut dp, peer) = datapath();
+    let _fm = default_flow(&mut dp);
+    let (mut app, fds) = flow_channels(&spec(64), &spec(64)).unwrap();
+    dp.stage(5, &spec(64), &spec(64), fds).unwrap();
+    assert_eq!(dp.port_info().staged, 1);
+    // Same id again, wrong fd count, wrong geometry: refused, nothing staged.
+    let (_, fds) = flow_channels(&spec(64), &spec(64)).unwrap();
+    assert!(matches!(
+        dp.stage(5, &spec(64), &spec(64), fds),
+        Err(FlowError::StagedExists(5))
+    ));
+    let (_, mut fds) = flow_channels(&spec(64), &spec(64)).unwrap();
+    fds.pop();
+    assert!(matches!(
+        dp.stage(6, &spec(64), &spec(64), fds),
+        Err(FlowError::FdCount { .. })
+    ));
+    let (_, fds) = flow_channels(&spec(64), &spec(64)).unwrap();
+    assert!(matches!(
+        dp.stage(7, &spec(128), &spec(64), fds),
+        Err(FlowError::Channel(_))
+    ));
+    assert_eq!(dp.port_info().staged, 1);
+
+    // The staged pair carries the flow installed on it, both ways.
+    let filter = Filter::Bound {
+        proto: ip_proto::UDP,
+        local: SocketAddrV4::new(HOST, 7001),
+        broadcast: false,
+    };
+    dp.install_staged(
+        FlowId(1),
+        5,
+        filter.clone(),
+        udp_template(7001, None),
+        Qos::BEST_EFFORT,
+        0,
+    )
+    .unwrap();
+    assert_eq!(dp.port_info().staged, 0);
+    let f = to_host(5000, 7001, b"staged");
+    peer.inject(f.clone());
+    dp.poll(0);
+    assert_eq!(drain(&mut app), vec![f]);
+    let out = UdpFrame {
+        src_mac: HOST_MAC,
+        dst_mac: PEER_MAC,
+        ..UdpFrame::new(
+            SocketAddrV4::new(HOST, 7001),
+            SocketAddrV4::new(PEER, 5000),
+            b"out",
+        )
+    }
+    .build();
+    send(&mut app, &out);
+    for t in 1..10 {
+        dp.poll(t * 1_000_000);
+    }
+    assert_eq!(peer.take_sent(), vec![out]);
+
+    // A pair serves one flow: used (or unknown) is NotStaged, even for another flow.
+    assert!(matches!(
+        dp.install_staged(
+            FlowId(2),
+            5,
+            filter.clone(),
+            udp_template(7001, None),
+            Qos::BEST_EFFORT,
+            0
+        ),
+        Err(FlowError::NotStaged(5))
+    ));
+    // A failed install still consumes its pair.
+    let (_, fds) = flow_channels(&spec(64), &spec(64)).unwrap();
+    dp.stage(8, &spec(64), &spec(64), fds).unwrap();
+    assert!(dp
+        .install_staged(
+            FlowId(1),
+            8,
+            filter,
+            udp_template(7001, None),
+            Qos::BEST_EFFORT,
+            0
+        )
+        .is_err());
+    assert_eq!(dp.port_info().staged, 0);
+
+    // At most MAX_STAGED wait; dropping them (their flow manager left) empties the set.
+    for i in 0..MAX_STAGED as u32 {
+        let (_, fds) = flow_channels(&spec(64), &spec(64)).unwrap();
+        dp.stage(100 + i, &spec(64), &spec(64), fds).unwrap();
+    }
+    let (_, fds) = flow_channels(&spec(64), &spec(64)).unwrap();
+    assert!(matches!(
+        dp.stage(99, &spec(64), &spec(64), fds),
+        Err(FlowError::TooManyStaged(_))
+    ));
+    assert_eq!(dp.drop_staged(), MAX_STAGED);
+    assert_eq!(dp.port_info().staged, 0);
 }

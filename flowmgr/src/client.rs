@@ -31,7 +31,7 @@ use nemflow_proto::app::{
 };
 use nemflow_proto::wire::{self, Decoder, WireError};
 use nemflow_proto::{Fib, FlowId, Qos};
-use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, CHANNEL_FDS};
+use nemflow_rbuf::{rmm, tmm, ChannelFds, ChannelSpec, FdSource, CHANNEL_FDS};
 
 /// Environment variable naming the flow manager's socket (default [`DEFAULT_SOCKET`]).
 pub const SOCKET_ENV: &str = "NEMFLOW_FLOWMGR_SOCKET";
@@ -130,9 +130,14 @@ impl Flow {
     }
 
     /// Attaches both endpoints; the receive side posts its empty buffers at once.
+    ///
+    /// The fds came from the flow manager, the channels' creator, over its socket (the app
+    /// trusts it with its flows anyway), so they are checked as [`FdSource::Creator`] fds: the
+    /// memfds fully, the eventfds by one `fstat` each. The shared memory stays hostile: the
+    /// driver's end of it is checked on every read.
     pub fn attach(self) -> Result<(tmm::Producer, rmm::Consumer), nemflow_rbuf::Error> {
-        let tx = tmm::Producer::attach(&self.tx_spec, self.tx)?;
-        let mut rx = rmm::Consumer::attach(&self.rx_spec, self.rx)?;
+        let tx = tmm::Producer::attach_from(&self.tx_spec, self.tx, FdSource::Creator)?;
+        let mut rx = rmm::Consumer::attach_from(&self.rx_spec, self.rx, FdSource::Creator)?;
         rx.post_free()?;
         Ok((tx, rx))
     }

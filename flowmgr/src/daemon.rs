@@ -26,7 +26,7 @@ use nemflow_rbuf::{fdpass, rmm, tmm, ChannelFds, ChannelSpec, IoRec};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::arp::{ArpNews, Lookup};
-use crate::driver::{DriverLink, LinkError};
+use crate::driver::{DriverLink, LinkError, Pipeline};
 use crate::host::{Host, HostConfig, News, SynNews, TcpLookup};
 use crate::policy::Policy;
 use crate::ports::{Claim, PortError, PortTable};
@@ -142,6 +142,13 @@ counters! {
         flows_closed_on_exit,
         /// Opens that waited for ARP.
         opens_parked,
+        /// Channel pairs handed to the driver ahead of their flows (`StageChannels`).
+        pairs_staged,
+        /// Opens served from a staged pair (no channel set-up on their path, and answered
+        /// while the driver installs the filter).
+        opens_staged,
+        /// Flows the driver refused after their open was answered (revoked at once).
+        opens_revoked_by_driver,
         /// Frames the host flow sent.
         host_tx_frames,
         /// Frames the host flow could not send (no free buffer or FIFO full).
@@ -314,7 +321,7 @@ struct Settings {
 #[derive(Debug)]
 pub struct Daemon<D: DriverLink> {
     set: Settings,
-    driver: D,
+    driver: Pipeline<D, InFlight>,
     listener: UnixListener,
     socket_path: Option<PathBuf>,
     stop: Option<OwnedFd>,
@@ -345,6 +352,46 @@ pub struct Daemon<D: DriverLink> {
     /// off the open path. The thread shares nothing with the loop but this bounded queue.
     spare: Receiver<SparePair>,
     default_spec: ChannelSpec,
+    /// Pairs of the default geometry the driver holds attached already (`StageChannels`), for
+    /// the next opens; staged while the loop is idle.
+    staged: VecDeque<StagedPair>,
+    /// The id the next staged pair gets.
+    next_staged: u32,
+    /// False once the driver refused to stage (opens then hand it their channels).
+    staging: bool,
+    /// No staging before then (the factory had no pair ready last time).
+    stage_after: Instant,
+}
+
+/// How many channel pairs the flow manager keeps staged in the driver.
+const STAGED_PAIRS: usize = 4;
+const _: () = assert!(STAGED_PAIRS <= nemflow_proto::ctl::MAX_STAGED);
+
+/// A request sent to the driver whose reply the loop reads later.
+#[derive(Debug)]
+enum InFlight {
+    /// `StageChannels` for this pair: staged once the driver says so.
+    Stage(StagedPair),
+    /// `InstallStaged` for this flow, whose open was answered already.
+    Install(FlowId),
+    /// `RemoveFlow` for this flow, gone from the flow manager already.
+    Remove(FlowId),
+}
+
+/// How long replies to requests sent ahead may wait unread (read at once when a request needs
+/// them: an open taking a staged pair, any call; the driver has answered long before).
+const SETTLE_WHEN_IDLE: Duration = Duration::from_millis(1);
+
+/// How long staging waits when the channel factory had no pair ready.
+const FACTORY_RETRY: Duration = Duration::from_millis(1);
+
+/// A channel pair staged in the driver: its id there, and the app's ends (the transmit
+/// channel's fds, the receive channel's with its data area read-only). Used by one flow only.
+#[derive(Debug)]
+struct StagedPair {
+    id: u32,
+    tx: ChannelFds,
+    rx: ChannelFds,
 }
 
 /// Channel pairs kept ready.
@@ -688,7 +735,7 @@ impl<D: DriverLink> Daemon<D> {
         let [first, last] = fm.ephemeral_ports;
         let mut d = Daemon {
             set,
-            driver,
+            driver: Pipeline::new(driver),
             listener,
             socket_path: None,
             stop: None,
@@ -716,6 +763,10 @@ impl<D: DriverLink> Daemon<D> {
             listeners: BTreeMap::new(),
             spare: sync_channel(0).1,
             default_spec: spec,
+            staged: VecDeque::with_capacity(STAGED_PAIRS),
+            next_staged: 0,
+            staging: true,
+            stage_after: Instant::now(),
         };
         d.default_spec = d
             .channel_spec(0, 0, "default")
@@ -870,13 +921,24 @@ impl<D: DriverLink> Daemon<D> {
         for c in self.clients.values() {
             consider(c.msg_started.map(|t| t + self.set.client_timeout));
         }
+        let stage = self.wants_staging();
+        let settle_at = self.driver.in_flight_since().map(|t| t + SETTLE_WHEN_IDLE);
+        let in_flight = settle_at.is_some();
+        consider(settle_at);
         let timeout = if host_ready || listen_ready {
             Duration::ZERO
         } else {
-            deadline
+            let t = deadline
                 .map(|d| d.saturating_duration_since(now))
                 .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            if stage {
+                // A pair is staged by the first turn that finds nothing else to do (once the
+                // factory has one).
+                t.min(self.stage_after.saturating_duration_since(now))
+            } else {
+                t
+            }
         };
 
         let ts = Timespec {
@@ -885,6 +947,7 @@ impl<D: DriverLink> Daemon<D> {
         };
 
         let mut ids = Vec::with_capacity(self.clients.len());
+        let mut idle = false;
         let (revents, stop, listen, host_ev, listen_ev, driver_ev) = {
             let mut pfds = Vec::with_capacity(self.clients.len() + listen_armed.len() + 4);
             pfds.push(PollFd::new(&self.listener, PollFlags::IN));
@@ -894,8 +957,15 @@ impl<D: DriverLink> Daemon<D> {
                 pfds.len() - 1
             });
             // The driver's connection: it never speaks unasked, so an event is its end.
+            // With requests in flight, only its end: their replies are read when needed or
+            // when the loop is idle, not one wake-up each.
+            let driver_flags = if in_flight {
+                PollFlags::RDHUP
+            } else {
+                PollFlags::IN
+            };
             let driver_at = self.driver.watch_fd().map(|fd| {
-                pfds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                pfds.push(PollFd::from_borrowed_fd(fd, driver_flags));
                 pfds.len() - 1
             });
             // The listening ports' flows follow.
@@ -919,7 +989,8 @@ impl<D: DriverLink> Daemon<D> {
                 ids.push(id);
             }
             match rustix::event::poll(&mut pfds, Some(&ts)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Ok(n) => idle = n == 0,
+                Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(RunError::Poll(e.into())),
             }
             let listen = pfds[0].revents();
@@ -943,7 +1014,10 @@ impl<D: DriverLink> Daemon<D> {
             return Ok(true);
         }
         if driver_ev {
-            if let Some(why) = self.driver.watch_fd().and_then(crate::driver::why_readable) {
+            if self.driver.in_flight().next().is_some() {
+                // Replies to requests sent ahead.
+                self.settle();
+            } else if let Some(why) = self.driver.watch_fd().and_then(crate::driver::why_readable) {
                 return Err(RunError::Driver(why));
             }
         }
@@ -979,6 +1053,14 @@ impl<D: DriverLink> Daemon<D> {
             self.disconnect(cid, true);
         }
         self.transmit();
+        if settle_at.is_some_and(|t| now >= t) && self.fatal.is_none() {
+            self.settle();
+        }
+        // Replies read by calls made this turn.
+        self.on_answered();
+        if stage && idle && self.fatal.is_none() {
+            self.stage_one(now);
+        }
         Ok(false)
     }
 
@@ -997,6 +1079,104 @@ impl<D: DriverLink> Daemon<D> {
         let r = nemflow_rbuf::create(rx)?;
         let ro = r.with_read_only_data()?;
         Ok((t, r, ro))
+    }
+
+    /// Whether the loop should stage a pair when it is idle.
+    fn wants_staging(&self) -> bool {
+        let staging = self
+            .driver
+            .in_flight()
+            .filter(|f| matches!(f, InFlight::Stage(_)))
+            .count();
+        self.staging && self.staged.len() + staging < STAGED_PAIRS
+    }
+
+    /// Sends the driver one channel pair of the default geometry, if the factory has one ready,
+    /// for a later open; the loop does not wait for the driver to attach it. A refusal turns
+    /// staging off (an older driver, or one short of resources: opens then hand it their own
+    /// channels, as before).
+    fn stage_one(&mut self, now: Instant) {
+        if now < self.stage_after {
+            return;
+        }
+        let Ok((tx, rx, app_rx)) = self.spare.try_recv() else {
+            self.stage_after = now + FACTORY_RETRY;
+            return;
+        };
+        let id = self.next_staged;
+        self.next_staged = self.next_staged.wrapping_add(1);
+        let req = DriverRequest::StageChannels {
+            id,
+            tx: self.default_spec,
+            rx: self.default_spec,
+        };
+        let fds: Vec<BorrowedFd<'_>> = tx.as_fds().into_iter().chain(rx.as_fds()).collect();
+        match self.driver.send(&req, &fds) {
+            Ok(sent) => sent.tag(InFlight::Stage(StagedPair { id, tx, rx: app_rx })),
+            Err(e) => self.fatal = Some(e.to_string()),
+        }
+    }
+
+    /// Reads the driver's replies to the requests in flight and acts on every one read.
+    fn settle(&mut self) {
+        if let Err(e) = self.driver.drain() {
+            self.fatal = Some(e.to_string());
+        }
+        self.on_answered();
+    }
+
+    /// Acts on the replies read to requests sent ahead (staged pairs, installs on them).
+    fn on_answered(&mut self) {
+        while let Some((what, reply)) = self.driver.take_answered() {
+            match (what, reply) {
+                (InFlight::Stage(pair), DriverReply::Ok) => {
+                    self.counters.pairs_staged += 1;
+                    self.staged.push_back(pair);
+                }
+                (InFlight::Stage(_), reply) => {
+                    tracing::warn!(
+                        ?reply,
+                        "the driver does not stage channel pairs: opens hand it their channels"
+                    );
+                    self.staging = false;
+                }
+                (InFlight::Install(_) | InFlight::Remove(_), DriverReply::Ok) => {}
+                (InFlight::Remove(fid), DriverReply::Error { message, .. }) => {
+                    tracing::warn!(flow = %fid, %message, "driver did not remove the flow");
+                }
+                (InFlight::Remove(fid), _) => {
+                    tracing::warn!(flow = %fid, "unexpected driver reply to RemoveFlow");
+                }
+                (InFlight::Install(fid), reply) => {
+                    let message = match reply {
+                        DriverReply::Error { message, .. } => message,
+                        other => format!("unexpected reply {other:?}"),
+                    };
+                    self.revoke_refused(fid, &message);
+                }
+            }
+        }
+    }
+
+    /// A flow whose open was answered and which the driver then refused: its app learns at
+    /// once (`Revoked`), and everything it held is released.
+    fn revoke_refused(&mut self, fid: FlowId, message: &str) {
+        self.counters.opens_revoked_by_driver += 1;
+        tracing::warn!(flow = %fid, %message, "the driver refused a flow already opened: revoked");
+        let Some(owner) = self.flows.get(&fid).map(|f| f.owner) else {
+            return;
+        };
+        if let Some(c) = self.clients.get_mut(&owner) {
+            c.flows.remove(&fid);
+        }
+        self.send_event(
+            owner,
+            AppEvent::Revoked {
+                flow: fid,
+                reason: format!("the driver refused the flow: {message}"),
+            },
+        );
+        self.teardown(fid, false);
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -1310,15 +1490,13 @@ impl<D: DriverLink> Daemon<D> {
             _ => None,
         };
         if driver_ok && self.fatal.is_none() {
+            // Not waited for: the driver removes it before it serves our next request, and the
+            // reply is checked when read (`on_answered`).
             match self
                 .driver
-                .call(&DriverRequest::RemoveFlow { id: fid }, &[])
+                .send(&DriverRequest::RemoveFlow { id: fid }, &[])
             {
-                Ok(DriverReply::Ok) => {}
-                Ok(DriverReply::Error { message, .. }) => {
-                    tracing::warn!(flow = %fid, %message, "driver did not remove the flow");
-                }
-                Ok(_) => tracing::warn!(flow = %fid, "unexpected driver reply to RemoveFlow"),
+                Ok(sent) => sent.tag(InFlight::Remove(fid)),
                 Err(e) => self.fatal = Some(e.to_string()),
             }
         }
@@ -1964,21 +2142,66 @@ impl<D: DriverLink> Daemon<D> {
             }
             (_, None) => return Err(app_err(AppErrorKind::Invalid, "IP flow without a port")),
         };
-        let (tx, rx, app_rx) = self.channels(&p.tx, &p.rx).map_err(no_mem)?;
-        let req = DriverRequest::InstallFlow {
-            id: p.id,
-            filter,
-            template: Template {
-                src_mac: self.mac,
-                kind,
-            },
-            qos: p.qos,
-            tx: p.tx,
-            rx: p.rx,
+        let template = Template {
+            src_mac: self.mac,
+            kind,
+        };
+        let default_geometry = p.tx == self.default_spec && p.rx == self.default_spec;
+        if default_geometry && self.staged.is_empty() {
+            // A pair the driver is attaching now is ready sooner than a new one.
+            if self
+                .driver
+                .in_flight()
+                .any(|f| matches!(f, InFlight::Stage(_)))
+            {
+                self.settle();
+            }
+        }
+        let staged = if default_geometry {
+            self.staged.pop_front()
+        } else {
+            None
+        };
+        // The app's ends: from the staged pair, or made now and handed to the driver with the
+        // request.
+        let (tx, app_rx, reply) = match staged {
+            Some(pair) => {
+                // Answered without waiting for the driver: it installs the filter while the
+                // app attaches, before any later request of ours (it serves them in order).
+                // Every check the driver makes on the flow was made here already; should it
+                // refuse all the same, the flow is revoked (`on_answered`).
+                self.counters.opens_staged += 1;
+                let req = DriverRequest::InstallStaged {
+                    id: p.id,
+                    staged: pair.id,
+                    filter,
+                    template,
+                    qos: p.qos,
+                };
+                let sent = self
+                    .driver
+                    .send(&req, &[])
+                    .map(|s| s.tag(InFlight::Install(p.id)))
+                    .map(|()| DriverReply::Ok);
+                (pair.tx, pair.rx, sent)
+            }
+            None => {
+                let (tx, rx, app_rx) = self.channels(&p.tx, &p.rx).map_err(no_mem)?;
+                let req = DriverRequest::InstallFlow {
+                    id: p.id,
+                    filter,
+                    template,
+                    qos: p.qos,
+                    tx: p.tx,
+                    rx: p.rx,
+                };
+                let fds: Vec<BorrowedFd<'_>> = tx.as_fds().into_iter().chain(rx.as_fds()).collect();
+                let reply = self.driver.call(&req, &fds);
+                (tx, app_rx, reply)
+            }
         };
         {
-            let fds: Vec<BorrowedFd<'_>> = tx.as_fds().into_iter().chain(rx.as_fds()).collect();
-            match self.driver.call(&req, &fds) {
+            match reply {
                 Ok(DriverReply::Ok) => {}
                 Ok(DriverReply::Error { kind, message }) => return Err(drv_err(kind, message)),
                 Ok(_) => {
@@ -1993,7 +2216,6 @@ impl<D: DriverLink> Daemon<D> {
                 }
             }
         }
-        drop(rx);
         let fib = Fib {
             flow: p.id,
             local: p.local,

@@ -35,19 +35,38 @@
 //! finished when the reply or the last retry comes, so ARP never blocks the loop either. All
 //! state (ports, ARP cache, admission, flow table) lives in that one thread, without locks, and
 //! every change to it is one request's work from start to finish. The one blocking call is to
-//! the trusted driver (bounded by `driver_timeout_ms`): every flow change needs it anyway, and a
+//! the trusted driver (bounded by `driver_timeout_ms`): most flow changes need it anyway, and a
 //! driver that does not answer ends the daemon with one clear line rather than half-installed
 //! state. A thread per client would have needed locks around every one of those tables for no
 //! gain: control-path work per request is microseconds. The one other thread is a channel
 //! factory that makes the next few flows' Rbuf channels ahead of time (creating a channel is
 //! tens of µs of system calls); it shares nothing with the loop but a bounded queue of fds.
 //!
+//! # Flow set-up off the open's path
+//! Making a flow's two channels and having the driver check and map them costs far more than
+//! the open's own bookkeeping, so both happen before the open: the factory makes pairs, and the
+//! first turn of the loop with nothing else to do hands one to the driver (`StageChannels`,
+//! [`nemflow_proto::ctl`]), which attaches it and keeps it for a later flow; a few stay staged.
+//! An open of the default geometry then takes a staged pair and sends the driver only the
+//! filter, template and QoS (`InstallStaged`). The driver serves requests in order, so that
+//! request, like `StageChannels` and a close's `RemoveFlow`, is sent without waiting for its
+//! reply: the open is answered while the driver installs the filter, and nothing the flow
+//! manager asks later can overtake it. Replies are read when a request needs them (an open that
+//! takes a pair still being staged, any call that waits) or after 1 ms; meanwhile the loop
+//! polls the driver's connection for its end only, so a reply costs no wake-up of its own. The
+//! flow manager has made every check the driver makes on an install (port, filter, admission),
+//! so a refusal means a fault: the flow, already answered, is then revoked (`Revoked`, counter
+//! `opens_revoked_by_driver`). A staged pair serves one flow only and is never reused after it
+//! closes; the pairs still staged go with the flow manager's connection (the driver drops them
+//! when it closes, see `nemflow_driver::control`). Opens of other geometries, or when no pair
+//! is staged, hand the driver their channels and wait, as before.
+//!
 //! `Close` is answered before the flow is removed from the driver: the removal follows at once,
 //! before anything else is served, so no later request can see the flow's port or share.
 //!
 //! # Restarts
 //! - **The flow manager dies** (`kill -9`, a crash): the driver keeps every flow it installed,
-//!   so apps' data keeps moving; their connections close without a `Revoked` event, which the
+//!   so apps' data keeps moving (and drops the channel pairs it had staged, which no app uses); their connections close without a `Revoked` event, which the
 //!   app stacks take as *orphaned* (`nemflow_appstack::liveness`). Meanwhile a new request
 //!   finds no listener: connecting is refused at once ([`client::ClientError::NotRunning`]:
 //!   "no flow manager at …: Connection refused (is nemflow-flowmgr running?)"), never a hang.

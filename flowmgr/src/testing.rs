@@ -2,7 +2,8 @@
 //! socket, as the real driver does, with no NIC behind it.
 //!
 //! It attaches to every flow's channels as the driver would (so a bad fd, a wrong spec or an
-//! unsealed memfd fails the install), drains what apps and the flow manager transmit (counting
+//! unsealed memfd fails the install), keeps staged channel pairs for later installs and drops
+//! them with the connection (`StageChannels`, `InstallStaged`), drains what apps and the flow manager transmit (counting
 //! it per flow), records the flow manager's own frames, answers ARP for the neighbours a test
 //! declares, and delivers frames a test injects to the flow manager's default flow.
 
@@ -63,6 +64,10 @@ pub struct FakeState {
     pub stats: BTreeMap<FlowId, FlowStats>,
     /// Connections from flow managers.
     pub connections: u64,
+    /// Channel pairs staged now (`StageChannels`, not yet installed).
+    pub staged: usize,
+    /// Installs still to refuse (`Admission`), as a driver short of something would.
+    pub refuse_installs: u32,
 }
 
 /// The fake driver thread and its socket.
@@ -156,6 +161,7 @@ fn lock(s: &Mutex<FakeState>) -> MutexGuard<'_, FakeState> {
 fn serve(listener: &UnixListener, state: &Mutex<FakeState>, stop: &AtomicBool) {
     let mut conn: Option<(UnixStream, Decoder)> = None;
     let mut ends: HashMap<FlowId, Ends> = HashMap::new();
+    let mut staged: HashMap<u32, (Ends, ChannelSpec, ChannelSpec)> = HashMap::new();
     let mut default_flow: Option<FlowId> = None;
     let mut frame = vec![0u8; 1 << 16];
     while !stop.load(Ordering::Relaxed) {
@@ -190,7 +196,9 @@ fn serve(listener: &UnixListener, state: &Mutex<FakeState>, stop: &AtomicBool) {
                 match dec.next_frame() {
                     Ok(Some(f)) => {
                         let reply = match f.decode::<DriverRequest>() {
-                            Ok(req) => handle(req, f.fds, state, &mut ends, &mut default_flow),
+                            Ok(req) => {
+                                handle(req, f.fds, state, &mut ends, &mut staged, &mut default_flow)
+                            }
                             Err(e) => DriverReply::Error {
                                 kind: ErrorKind::Invalid,
                                 message: e.to_string(),
@@ -216,6 +224,9 @@ fn serve(listener: &UnixListener, state: &Mutex<FakeState>, stop: &AtomicBool) {
         if lost {
             conn = None;
             ends.clear();
+            // Staged pairs go with the connection that staged them, as in the driver.
+            staged.clear();
+            lock(state).staged = 0;
             default_flow = None;
         }
         data_path(state, &mut ends, default_flow, &mut frame);
@@ -226,18 +237,68 @@ fn count(state: &Mutex<FakeState>, what: &'static str) {
     *lock(state).requests.entry(what).or_default() += 1;
 }
 
+/// Checks and attaches a pair's eight fds, as the driver does.
+fn attach(
+    tx: &ChannelSpec,
+    rx: &ChannelSpec,
+    mut fds: Vec<std::os::fd::OwnedFd>,
+) -> Result<Ends, String> {
+    if fds.len() != 2 * CHANNEL_FDS {
+        return Err(format!("{} fds, expected {}", fds.len(), 2 * CHANNEL_FDS));
+    }
+    let rx_fds = fds.split_off(CHANNEL_FDS);
+    let ends = || -> Result<Ends, nemflow_rbuf::Error> {
+        Ok(Ends {
+            tx: tmm::Consumer::attach_from(tx, ChannelFds::from_vec(fds)?, FdSource::Creator)?,
+            rx: rmm::Producer::attach_from(rx, ChannelFds::from_vec(rx_fds)?, FdSource::Creator)?,
+        })
+    };
+    ends().map_err(|e| e.to_string())
+}
+
 fn handle(
     req: DriverRequest,
     fds: Vec<std::os::fd::OwnedFd>,
     state: &Mutex<FakeState>,
     ends: &mut HashMap<FlowId, Ends>,
+    staged: &mut HashMap<u32, (Ends, ChannelSpec, ChannelSpec)>,
     default_flow: &mut Option<FlowId>,
 ) -> DriverReply {
     let err = |kind, message: String| DriverReply::Error { kind, message };
-    match req {
+    let refuse = |m: String| {
+        lock(state).refused.push(m.clone());
+        err(ErrorKind::BadChannel, m)
+    };
+    if !fds.is_empty()
+        && !matches!(
+            req,
+            DriverRequest::InstallFlow { .. } | DriverRequest::StageChannels { .. }
+        )
+    {
+        return err(ErrorKind::Invalid, format!("{} unexpected fds", fds.len()));
+    }
+    // An install: its channels (attached now, or staged before) and where they came from.
+    let (id, filter, template, qos, channels) = match req {
         DriverRequest::Hello { .. } => {
             count(state, "hello");
-            DriverReply::Hello(port_info(state))
+            return DriverReply::Hello(port_info(state));
+        }
+        DriverRequest::StageChannels { id, tx, rx } => {
+            count(state, "stage");
+            if staged.contains_key(&id) {
+                return err(ErrorKind::Exists, format!("pair {id} staged already"));
+            }
+            if staged.len() >= nemflow_proto::ctl::MAX_STAGED {
+                return err(ErrorKind::Exhausted, "too many staged pairs".into());
+            }
+            return match attach(&tx, &rx, fds) {
+                Ok(e) => {
+                    staged.insert(id, (e, tx, rx));
+                    lock(state).staged = staged.len();
+                    DriverReply::Ok
+                }
+                Err(m) => refuse(m),
+            };
         }
         DriverRequest::InstallFlow {
             id,
@@ -248,61 +309,83 @@ fn handle(
             rx,
         } => {
             count(state, "install");
-            if fds.len() != 2 * CHANNEL_FDS {
-                let m = format!("{} fds, expected {}", fds.len(), 2 * CHANNEL_FDS);
-                lock(state).refused.push(m.clone());
-                return err(ErrorKind::BadChannel, m);
-            }
-            if lock(state).flows.contains_key(&id) {
-                return err(ErrorKind::Exists, format!("flow {id} exists"));
-            }
-            if filter == Filter::Default && default_flow.is_some() {
-                return err(ErrorKind::Exists, "a default flow exists".into());
-            }
-            let mut fds = fds;
-            let rx_fds = fds.split_off(CHANNEL_FDS);
-            let attach = || -> Result<Ends, nemflow_rbuf::Error> {
-                let tx_fds = ChannelFds::from_vec(fds)?;
-                let rx_fds = ChannelFds::from_vec(rx_fds)?;
-                Ok(Ends {
-                    tx: tmm::Consumer::attach_from(&tx, tx_fds, FdSource::Creator)?,
-                    rx: rmm::Producer::attach_from(&rx, rx_fds, FdSource::Creator)?,
-                })
-            };
-            match attach() {
-                Ok(e) => {
-                    ends.insert(id, e);
-                }
-                Err(e) => {
-                    let m = e.to_string();
-                    lock(state).refused.push(m.clone());
-                    return err(ErrorKind::BadChannel, m);
-                }
-            }
-            if filter == Filter::Default {
-                *default_flow = Some(id);
-            }
-            let mut s = lock(state);
-            s.stats.insert(
+            (
                 id,
-                FlowStats {
-                    id,
-                    ..FlowStats::default()
-                },
-            );
-            s.flows.insert(
-                id,
-                Installed {
-                    filter,
-                    template,
-                    qos,
-                    tx,
-                    rx,
-                    at: Instant::now(),
-                },
-            );
-            DriverReply::Ok
+                filter,
+                template,
+                qos,
+                attach(&tx, &rx, fds).map(|e| (e, tx, rx)),
+            )
         }
+        DriverRequest::InstallStaged {
+            id,
+            staged: pair,
+            filter,
+            template,
+            qos,
+        } => {
+            count(state, "install");
+            let e = staged.remove(&pair);
+            lock(state).staged = staged.len();
+            let Some(e) = e else {
+                return err(ErrorKind::NotFound, format!("no staged pair {pair}"));
+            };
+            (id, filter, template, qos, Ok(e))
+        }
+        other => return handle_other(other, state, ends, default_flow),
+    };
+    {
+        let mut s = lock(state);
+        if s.refuse_installs > 0 {
+            s.refuse_installs -= 1;
+            return err(ErrorKind::Admission, "refused as the test asked".into());
+        }
+        if s.flows.contains_key(&id) {
+            return err(ErrorKind::Exists, format!("flow {id} exists"));
+        }
+    }
+    if filter == Filter::Default && default_flow.is_some() {
+        return err(ErrorKind::Exists, "a default flow exists".into());
+    }
+    let (e, tx, rx) = match channels {
+        Ok(c) => c,
+        Err(m) => return refuse(m),
+    };
+    ends.insert(id, e);
+    if filter == Filter::Default {
+        *default_flow = Some(id);
+    }
+    let mut s = lock(state);
+    s.stats.insert(
+        id,
+        FlowStats {
+            id,
+            ..FlowStats::default()
+        },
+    );
+    s.flows.insert(
+        id,
+        Installed {
+            filter,
+            template,
+            qos,
+            tx,
+            rx,
+            at: Instant::now(),
+        },
+    );
+    DriverReply::Ok
+}
+
+/// Requests other than hello, staging and installs.
+fn handle_other(
+    req: DriverRequest,
+    state: &Mutex<FakeState>,
+    ends: &mut HashMap<FlowId, Ends>,
+    default_flow: &mut Option<FlowId>,
+) -> DriverReply {
+    let err = |kind, message: String| DriverReply::Error { kind, message };
+    match req {
         DriverRequest::SetQos { id, qos } => {
             count(state, "set_qos");
             match lock(state).flows.get_mut(&id) {
@@ -354,6 +437,10 @@ fn handle(
             kind: ErrorKind::Invalid,
             message: "the fake driver does not capture".into(),
         },
+        DriverRequest::Hello { .. }
+        | DriverRequest::InstallFlow { .. }
+        | DriverRequest::StageChannels { .. }
+        | DriverRequest::InstallStaged { .. } => err(ErrorKind::Invalid, "not here".into()),
     }
 }
 
@@ -369,6 +456,7 @@ fn port_info(state: &Mutex<FakeState>) -> PortInfo {
         rx_packets: s.stats.values().map(|f| f.rx_packets).sum(),
         rx_bytes: s.stats.values().map(|f| f.rx_bytes).sum(),
         flows: s.flows.len() as u32,
+        staged: s.staged as u32,
         ..PortInfo::default()
     }
 }

@@ -240,6 +240,8 @@ fn admission_past_the_limit_is_refused_and_leaves_flows_untouched() {
     };
     let f1 = c.open(&OpenFlow::udp(0, None).with_qos(g(50))).unwrap();
     let f2 = c.open(&OpenFlow::udp(0, None).with_qos(g(40))).unwrap();
+    // An open is answered while the driver installs it.
+    assert!(h.fake.wait_for(SEC, |s| s.flows.contains_key(&f2.id())));
     let before: Vec<_> = h.fake.state().flows.keys().copied().collect();
     // 90% booked, 2% reserved: 10 ms more does not fit, 8 ms would.
     let e = c.open(&OpenFlow::udp(0, None).with_qos(g(10))).unwrap_err();
@@ -285,7 +287,7 @@ fn kill_9_removes_an_apps_flows_within_100_ms() {
     assert!(line.contains("local 10.77.0.1:6000"), "{line}");
     let (mut app2, _, id2) = h.hold_flow(&["tcp", "--remote", "10.77.0.2:80"]);
     let fid = FlowId(id);
-    assert!(h.fake.state().flows.contains_key(&fid));
+    assert!(h.fake.wait_for(SEC, |s| s.flows.contains_key(&fid)));
     let (ok, out, _) = h.run_nemflow(&["flows"], None);
     assert!(ok && out.contains("10.77.0.1:6000"), "{out}");
     let killed = Instant::now();
@@ -769,4 +771,77 @@ fn sigterm_revokes_every_flow_and_leaves_nothing_behind() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn idle_time_stages_channel_pairs_that_serve_one_open_each_and_go_with_the_flow_manager() {
+    let mut h = Harness::start("");
+    assert!(
+        h.fake.wait_for(5 * SEC, |s| s.staged == 4),
+        "pairs not staged: {}",
+        h.fake.state().staged
+    );
+    let mut c = h.client();
+    let a = c
+        .open(&OpenFlow::udp(0, Some(SocketAddrV4::new(PEER, 7000))))
+        .unwrap();
+    let b = c
+        .open(&OpenFlow::udp(0, Some(SocketAddrV4::new(PEER, 7001))))
+        .unwrap();
+    assert_eq!(h.counter("opens_staged"), 2);
+    // Each open consumed its own pair: both flows carry their own frames.
+    for (i, flow) in [a, b].into_iter().enumerate() {
+        let id = flow.id();
+        let (mut tx, _rx) = flow.attach().unwrap();
+        for _ in 0..=i {
+            let ext = tx.alloc(60).unwrap().unwrap();
+            tx.buf_mut(ext).unwrap().fill(0x5a);
+            tx.push(IoRec::single(ext, 0)).unwrap();
+        }
+        assert!(h.fake.wait_for(SEC, |s| s
+            .stats
+            .get(&id)
+            .is_some_and(|f| f.tx_packets == i as u64 + 1)));
+    }
+    // Idle again: the pool refills; a closed flow's pair is never staged again.
+    assert!(h.fake.wait_for(5 * SEC, |s| s.staged == 4));
+    // Counted once the driver's reply is read (when needed, or within 1 ms).
+    let end = Instant::now() + SEC;
+    while h.counter("pairs_staged") < 6 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(h.counter("pairs_staged"), 6);
+    // The flow manager goes: so do the pairs it staged.
+    common::stop(&mut h.daemon);
+    assert!(h.fake.wait_for(5 * SEC, |s| s.staged == 0));
+}
+
+#[test]
+fn a_flow_the_driver_refuses_after_its_open_was_answered_is_revoked_and_released() {
+    let h = Harness::start("");
+    assert!(h.fake.wait_for(5 * SEC, |s| s.staged == 4));
+    let mut c = h.client();
+    h.fake.state().refuse_installs = 1;
+    // Answered before the driver installs the filter; the driver's refusal follows.
+    let f = c
+        .open(&OpenFlow::udp(6000, Some(SocketAddrV4::new(PEER, 7000))))
+        .unwrap();
+    match c.wait_event(Some(5 * SEC)) {
+        Ok(Some(AppEvent::Revoked { flow, reason })) => {
+            assert_eq!(flow, f.id());
+            assert!(reason.contains("refused as the test asked"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.counter("opens_revoked_by_driver"), 1);
+    assert!(c.flows().unwrap().is_empty(), "the flow is gone");
+    // Its port was released: the same open works now.
+    let again = c
+        .open(&OpenFlow::udp(6000, Some(SocketAddrV4::new(PEER, 7000))))
+        .unwrap();
+    assert!(h.fake.wait_for(SEC, |s| s.flows.contains_key(&again.id())));
+    assert_eq!(
+        c.close(f.id()).unwrap_err().kind(),
+        Some(AppErrorKind::NoSuchFlow)
+    );
 }

@@ -117,6 +117,14 @@ fn driver_flows(drv: &DriverClient) -> Vec<FlowId> {
     }
 }
 
+/// Channel pairs the driver holds staged for future flows.
+fn staged_pairs(drv: &DriverClient) -> u32 {
+    match drv.call(&DriverRequest::PortInfo, &[]) {
+        Ok(DriverReply::PortInfo(p)) => p.staged,
+        other => panic!("PortInfo: {other:?}"),
+    }
+}
+
 /// Waits up to `timeout` for `pred`; whether it held.
 fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
@@ -179,8 +187,18 @@ fn flowmgr_kill_9_keeps_flows_moving_refuses_opens_at_once_and_its_restart_remov
     let app_flow = *stale.iter().find(|f| **f != FlowId(1)).unwrap();
     let before = peer_rx_during(&h, Duration::from_secs(1));
     assert!(before >= 300, "the app's flow moves {before} frames/s");
+    assert!(
+        wait_until(Duration::from_secs(5), || staged_pairs(&drv) > 0),
+        "the idle flow manager staged no channel pairs"
+    );
 
     h.kill_flowmgr();
+    // Pairs staged for future flows serve no app: they go with the flow manager's connection.
+    assert!(
+        wait_until(Duration::from_secs(2), || staged_pairs(&drv) == 0),
+        "{} staged pairs left behind",
+        staged_pairs(&drv)
+    );
 
     // New requests: refused at once, with the reason, never a hang.
     let t = Instant::now();

@@ -130,6 +130,8 @@ fn a_syn_calls_the_listener_back_which_accepts_or_rejects() {
     assert_eq!(flow.fib.local, SocketAddrV4::new(US, 8080));
     assert_eq!(flow.fib.remote, Some(i.remote));
     assert_eq!(flow.fib.next_hop_mac, Some(PEER_MAC));
+    // Answered while the driver installs it.
+    assert!(h.fake.wait_for(SEC, |s| s.flows.contains_key(&flow.id())));
     let installed = h.fake.state().flows.get(&flow.id()).cloned().unwrap();
     assert_eq!(
         installed.filter,
@@ -208,6 +210,8 @@ fn a_syn_flood_fills_only_its_own_backlog() {
 
 /// Sets what the fake driver reports as the TCP state of `flow`.
 fn set_seen(h: &Harness, flow: FlowId, seen: TcpSeen) {
+    // An accept is answered while the driver installs the flow (which resets its stats).
+    assert!(h.fake.wait_for(SEC, |s| s.flows.contains_key(&flow)));
     h.fake.state().stats.insert(
         flow,
         FlowStats {

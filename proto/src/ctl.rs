@@ -3,6 +3,15 @@
 //! Every request gets exactly one reply. `InstallFlow` carries the flow's two channels as fds:
 //! the transmit channel's four, then the receive channel's four (see
 //! [`nemflow_rbuf::ChannelFds`] for their order).
+//!
+//! **Staged channels.** Creating and attaching a flow's two channels costs far more than
+//! installing its filter, so the flow manager hands the driver channel pairs ahead of time,
+//! while it is idle (`StageChannels`, with the same eight fds), and an open then names one
+//! (`InstallStaged`: filter, template and QoS only). A staged pair serves exactly one flow: it
+//! is consumed by the `InstallStaged` that names it, whether that succeeds or not, and never
+//! reused after the flow goes. Staged pairs belong to the connection that staged them (the flow
+//! manager's): the driver drops every one of them when that connection closes, and counts them
+//! in [`PortInfo::staged`] meanwhile.
 
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +95,36 @@ pub enum DriverRequest {
         /// The capture.
         id: u32,
     },
+    /// Attaches a channel pair for a later [`InstallStaged`](Self::InstallStaged); its eight
+    /// fds come with the message, in `InstallFlow`'s order, and are checked as `InstallFlow`'s
+    /// are. At most [`MAX_STAGED`] pairs wait at once (`Exhausted` beyond); an id already
+    /// staged is `Exists`.
+    StageChannels {
+        /// The pair's id, chosen by the flow manager.
+        id: u32,
+        /// Geometry of the transmit channel (app → driver).
+        tx: ChannelSpec,
+        /// Geometry of the receive channel (driver → app).
+        rx: ChannelSpec,
+    },
+    /// Installs a flow on a staged channel pair (no fds), which it consumes even when the
+    /// install fails. An unknown pair is `NotFound`.
+    InstallStaged {
+        /// The flow's id (unique among installed flows).
+        id: FlowId,
+        /// The staged pair.
+        staged: u32,
+        /// Receive filter.
+        filter: Filter,
+        /// Transmit template.
+        template: Template,
+        /// Transmit QoS.
+        qos: Qos,
+    },
 }
+
+/// Most channel pairs staged at once (`StageChannels`).
+pub const MAX_STAGED: usize = 16;
 
 /// The driver's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,6 +278,8 @@ pub struct PortInfo {
     pub drops: Vec<(String, u64)>,
     /// Flows installed.
     pub flows: u32,
+    /// Channel pairs staged for future flows (`StageChannels`) and not yet used.
+    pub staged: u32,
     /// Packet buffers (mbufs) of the driver's pool in use now: in the port's rings and in
     /// flight. Back to its resting level when traffic stops; growing without bound is a leak.
     pub mbufs_in_use: u32,

@@ -114,6 +114,30 @@ pub fn samples() -> (
         },
         DriverRequest::CaptureStats { id: 1 },
         DriverRequest::CaptureStop { id: 1 },
+        DriverRequest::StageChannels {
+            id: 3,
+            tx: spec,
+            rx: spec,
+        },
+        DriverRequest::InstallStaged {
+            id: FlowId(8),
+            staged: 3,
+            filter: Filter::Bound {
+                proto: ip_proto::UDP,
+                local: sap,
+                broadcast: false,
+            },
+            template: Template {
+                src_mac: [2, 0, 0, 0, 0, 1],
+                kind: TemplateKind::Ipv4 {
+                    src: *sap.ip(),
+                    proto: ip_proto::UDP,
+                    src_port: 7001,
+                    dst: None,
+                },
+            },
+            qos,
+        },
     ];
     let replies = vec![
         DriverReply::Ok,

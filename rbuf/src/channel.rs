@@ -153,11 +153,13 @@ pub enum FdSource {
     /// Anyone, e.g. an application: every fd is checked exactly (memfds: seals and size;
     /// eventfds: by their `/proc/self/fd` link).
     Any,
-    /// The channel's creator, trusted and reached over a socket only it can write (the driver
-    /// receiving from the flow manager over its root-only control socket). The memfds are still
-    /// checked (seals and size: mapping a short one would fault later); the eventfds only by
-    /// `fstat` (an anonymous-inode file), which saves a `/proc` lookup of ~3 µs per eventfd.
-    /// The shared memory itself stays hostile either way: the peer is an application.
+    /// The channel's creator, trusted and reached over a socket only it can write: the driver
+    /// receiving from the flow manager over its root-only control socket, an application
+    /// receiving its flow's channels from the flow manager it connected to (and trusts with its
+    /// flows anyway). The memfds are still checked (seals and size: mapping a short one would
+    /// fault later); the eventfds only by `fstat` (an anonymous-inode file), which saves a
+    /// `/proc` lookup of ~3 µs per eventfd. The shared memory itself stays hostile either way:
+    /// the peer (an application, or the driver) may write anything into it.
     Creator,
 }
 
@@ -173,7 +175,8 @@ pub(crate) enum Side {
 pub(crate) struct Core {
     pub limits: Limits,
     pub data: Mapping,
-    /// Keeps the control mapping (FIFO views point into it) alive.
+    /// Keeps the control mapping (FIFO views point into it) alive, and the data mapping when it
+    /// is a view of the same range ([`region::map_areas`]).
     pub _control: Mapping,
     pub counters: Counters,
     pub broken: Option<String>,
@@ -199,8 +202,14 @@ impl Core {
         };
         check_event("producer event", fds.prod_event.as_fd())?;
         check_event("consumer event", fds.cons_event.as_fd())?;
-        let control = Mapping::map(&fds.control, spec.control_bytes(), true)?;
-        let data = Mapping::map(&fds.data, spec.data_bytes, data_writable)?;
+        let (control, data) = region::map_areas(
+            fds.control.as_fd(),
+            spec.control_bytes(),
+            fds.data.as_fd(),
+            spec.data_bytes,
+            data_writable,
+            spec.hugetlb,
+        )?;
         // SAFETY: as in `create`: the mapping holds the header, is page-aligned, and every field
         // is an atomic, valid for any bytes. The reference lives no longer than `control`.
         let hdr = unsafe { control.ptr().cast::<ControlHeader>().as_ref() };

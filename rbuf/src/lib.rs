@@ -21,8 +21,9 @@
 //! Each side treats the other as hostile. Attaching checks every fd (a memfd sealed with
 //! `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, of the size the trusted spec implies; eventfds are
 //! eventfds, by their `/proc/self/fd` link). An endpoint whose fds come from the channel's
-//! trusted creator over a socket only it can write (the driver, from the flow manager) may attach
-//! with [`FdSource::Creator`]: the memfd checks stay, the eventfds are only checked by `fstat`. Each side keeps its own indices privately, reads the peer's index once (Acquire) and
+//! trusted creator over a socket only it can write (the driver or an app, from the flow manager)
+//! may attach with [`FdSource::Creator`]: the memfd checks stay, the eventfds are only checked by
+//! `fstat`. Each side keeps its own indices privately, reads the peer's index once (Acquire) and
 //! rejects a backward move or a jump past what is possible ([`IndexError`]: the channel is then
 //! marked broken). Each iorec is copied out of shared memory once into a plain [`IoRec`] and
 //! validated (count, bounds with overflow-checked arithmetic, length); a master also checks that
@@ -49,6 +50,11 @@
 //! `SCM_RIGHTS` over a Unix stream socket; a receiver states how many it accepts and any excess
 //! closes every fd of that message and fails. A channel travels as [`CHANNEL_FDS`] fds in the order
 //! of [`ChannelFds::as_fds`] / [`ChannelFds::from_vec`].
+//!
+//! # Mappings
+//! An endpoint maps its control area and its data area side by side, in one range, so that
+//! dropping it is one `munmap` (in a multi-threaded process each costs a TLB shoot-down on every
+//! other CPU running it); a huge-page data area, which needs an aligned address, is mapped apart.
 //!
 //! # Ring layout
 //! The control area is a [`ChannelSpec`]-sized header (magic, version, geometry; the four indices

@@ -119,33 +119,54 @@ pub(crate) fn reopen_read_only(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
     .map_err(|e| Error::os("reopen memfd read-only", e))
 }
 
-/// A shared mapping of a whole region, unmapped on drop. Holds only a raw pointer: nothing in the
-/// crate makes a Rust reference to its bytes except to atomics (control area) or to the master's
-/// own buffers.
+/// A shared mapping of a whole region, unmapped on drop (or a view of one, see [`map_areas`]).
+/// Holds only a raw pointer: nothing in the crate makes a Rust reference to its bytes except to
+/// atomics (control area) or to the master's own buffers.
 #[derive(Debug)]
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// Bytes from `ptr` unmapped on drop: `len`, more when the mapping owns its neighbour's
+    /// range too, 0 for a view into a range another `Mapping` owns.
+    unmap_len: usize,
+}
+
+fn map_len(len: u64) -> Result<usize> {
+    usize::try_from(len).map_err(|_| Error::InvalidSpec("region too large".into()))
+}
+
+fn prot(writable: bool) -> ProtFlags {
+    if writable {
+        ProtFlags::READ | ProtFlags::WRITE
+    } else {
+        ProtFlags::READ
+    }
 }
 
 impl Mapping {
     /// Maps `len` bytes of `fd`, shared, read-only unless `writable`.
     pub(crate) fn map(fd: impl AsFd, len: u64, writable: bool) -> Result<Self> {
-        let len =
-            usize::try_from(len).map_err(|_| Error::InvalidSpec("region too large".into()))?;
-        let prot = if writable {
-            ProtFlags::READ | ProtFlags::WRITE
-        } else {
-            ProtFlags::READ
-        };
+        let len = map_len(len)?;
         // SAFETY: a fresh mapping chosen by the kernel (null hint) aliases no Rust object; the fd
         // was checked to be a sealed memfd of at least `len` bytes, so no access within `len` can
         // fault on truncation (the seals forbid it).
-        let ptr =
-            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
-                .map_err(|e| Error::os("mmap", e))?;
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot(writable),
+                MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|e| Error::os("mmap", e))?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::FdPass("mmap returned null"))?;
-        Ok(Mapping { ptr, len })
+        Ok(Mapping {
+            ptr,
+            len,
+            unmap_len: len,
+        })
     }
 
     pub(crate) fn ptr(&self) -> NonNull<u8> {
@@ -157,11 +178,71 @@ impl Mapping {
     }
 }
 
+/// Maps a channel's control area (read-write) and its data area (read-only unless
+/// `data_writable`) side by side, control first, so that one `munmap` (one TLB shoot-down in a
+/// multi-threaded process) undoes both: the control memfd is mapped for both lengths (the part
+/// past its end is never touched) and the data memfd replaces that part (`MAP_FIXED`). The
+/// control [`Mapping`] owns the whole range; the data one is a view of it. With `apart` (a
+/// huge-page data area, which needs an aligned address) they are mapped separately. Both fds
+/// must have been checked by [`check_region`] for these lengths.
+pub(crate) fn map_areas(
+    control: BorrowedFd<'_>,
+    control_len: u64,
+    data: BorrowedFd<'_>,
+    data_len: u64,
+    data_writable: bool,
+    apart: bool,
+) -> Result<(Mapping, Mapping)> {
+    if apart {
+        return Ok((
+            Mapping::map(control, control_len, true)?,
+            Mapping::map(data, data_len, data_writable)?,
+        ));
+    }
+    let (clen, dlen) = (map_len(control_len)?, map_len(data_len)?);
+    let total = clen
+        .checked_add(dlen)
+        .ok_or_else(|| Error::InvalidSpec("regions too large".into()))?;
+    let mut whole = Mapping::map(control, total as u64, true)?;
+    whole.len = clen;
+    // SAFETY: `clen < total`, the length `whole` maps: the result stays inside it.
+    let at = unsafe { whole.ptr.as_ptr().add(clen) };
+    // SAFETY: `clen` is a multiple of the page size (`ChannelSpec::control_bytes`), so `at` is
+    // page-aligned, and `[at, at + dlen)` is the tail of the range `whole` just mapped, which
+    // nothing references yet: replacing it aliases no Rust object. The data fd was checked to be
+    // a sealed memfd of `dlen` bytes.
+    let got = unsafe {
+        rustix::mm::mmap(
+            at.cast(),
+            dlen,
+            prot(data_writable),
+            MapFlags::SHARED | MapFlags::FIXED,
+            data,
+            0,
+        )
+    }
+    .map_err(|e| Error::os("mmap", e))?;
+    if got.cast::<u8>() != at {
+        return Err(Error::FdPass("mmap did not map the data area where asked"));
+    }
+    let data = Mapping {
+        // Non-null: inside `whole`.
+        ptr: NonNull::new(at).ok_or(Error::FdPass("mmap returned null"))?,
+        len: dlen,
+        unmap_len: 0,
+    };
+    Ok((whole, data))
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` came from a successful mmap and are unmapped exactly once, here;
-        // every pointer into the mapping is owned by the endpoint that owns this `Mapping`.
-        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+        if self.unmap_len == 0 {
+            return;
+        }
+        // SAFETY: `ptr`/`unmap_len` cover what a successful mmap (plus, for a pair, the
+        // `MAP_FIXED` one inside it) mapped; it is unmapped exactly once, here, and every pointer
+        // into it (views included) is owned by the endpoint that owns this `Mapping`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.unmap_len) };
     }
 }
 

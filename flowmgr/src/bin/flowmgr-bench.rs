@@ -96,6 +96,7 @@ fn run(args: Args) -> Result<(), String> {
         let link = Timed {
             link,
             installs: timed,
+            sent: Default::default(),
         };
         let mut d = Daemon::start(&cfg, link, listener).map_err(|e| e.to_string())?;
         d.set_stop_fd(stop_rx.into());
@@ -105,12 +106,16 @@ fn run(args: Args) -> Result<(), String> {
     let req = OpenFlow::udp(0, Some(args.remote));
 
     let mut nf_reply = Vec::new();
+    let mut close_reply = Vec::new();
+    let mut nf_attach = Vec::new();
     let mut flow_cycle = |c: &mut Client| -> Result<(Duration, Duration), String> {
         let t0 = Instant::now();
         let flow = c.open(&req).map_err(|e| e.to_string())?;
         nf_reply.push(t0.elapsed());
         let id = flow.id();
+        let ta = Instant::now();
         let (mut tx, rx) = flow.attach().map_err(|e| e.to_string())?;
+        nf_attach.push(ta.elapsed());
         let ext = tx
             .alloc(64)
             .map_err(|e| e.to_string())?
@@ -119,6 +124,7 @@ fn run(args: Args) -> Result<(), String> {
         tx.push(IoRec::single(ext, 0)).map_err(|e| e.to_string())?;
         let t1 = Instant::now();
         c.close(id).map_err(|e| e.to_string())?;
+        close_reply.push(t1.elapsed());
         drop((tx, rx));
         let t2 = Instant::now();
         Ok((t1 - t0, t2 - t1))
@@ -180,9 +186,11 @@ fn run(args: Args) -> Result<(), String> {
     daemon
         .join()
         .map_err(|_| "flow manager thread panicked".to_string())??;
-    let installs = fake
-        .as_ref()
-        .map(|f| f.state().requests.get("install").copied().unwrap_or(0));
+    let installs = fake.as_ref().map(|f| {
+        let s = f.state();
+        let n = |k| s.requests.get(k).copied().unwrap_or(0);
+        (n("install"), n("stage"))
+    });
     drop(fake);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -201,27 +209,31 @@ fn run(args: Args) -> Result<(), String> {
     println!("| | p50 µs | p99 µs | max µs |");
     println!("|---|---:|---:|---:|");
     let mut nf_reply: Vec<Duration> = nf_reply.split_off(warm.min(nf_reply.len()));
-    let mut install: Vec<Duration> = {
-        let mut v = installs_timed.lock().map_err(|_| "poisoned")?;
-        let n = v.len();
-        // The host flow's install first, then warm-up, measured, and held flows.
-        v.drain(..)
-            .skip(1 + warm)
-            .take(n.saturating_sub(1 + warm + args.hold))
-            .collect()
-    };
+    let mut close_reply: Vec<Duration> = close_reply.split_off(warm.min(close_reply.len()));
+    let mut nf_attach: Vec<Duration> = nf_attach.split_off(warm.min(nf_attach.len()));
+    // The host flow's install first; then every open that found no staged pair.
+    let mut install: Vec<Duration> = installs_timed
+        .lock()
+        .map_err(|_| "poisoned")?
+        .drain(..)
+        .skip(1)
+        .collect();
+    let waited = format!(
+        "… opens without a staged pair ({} of {}): the driver's InstallFlow, waited for",
+        install.len(),
+        args.warmup + args.cycles + args.hold
+    );
     for (name, v) in [
         ("nemflow open + attach + first send", &mut nf_open),
         (
             "… of which the open request (FIB and fds received)",
             &mut nf_reply,
         ),
-        (
-            "… of which the driver's InstallFlow (as the flow manager waits for it)",
-            &mut install,
-        ),
+        (waited.as_str(), &mut install),
+        ("… of which attaching both channels (app)", &mut nf_attach),
         ("Linux socket + bind + connect + send (UDP)", &mut lx_open),
-        ("nemflow close (flow gone from the driver)", &mut nf_close),
+        ("nemflow close (reply + unmap)", &mut nf_close),
+        ("… of which the close request", &mut close_reply),
         ("Linux close (UDP)", &mut lx_close),
     ] {
         let (p50, p99, max) = percentiles(v);
@@ -240,8 +252,8 @@ fn run(args: Args) -> Result<(), String> {
         (rss1.saturating_sub(rss0)) as f64 / 1024.0 / args.hold.max(1) as f64,
         args.hold
     );
-    if let Some(n) = installs {
-        println!("driver installs: {n}");
+    if let Some((installs, staged)) = installs {
+        println!("driver installs: {installs}; channel pairs staged ahead: {staged}");
     }
     Ok(())
 }
@@ -292,21 +304,26 @@ fn tempfile_dir() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// The driver link, timing each `InstallFlow`.
+/// The driver link, timing each `InstallFlow` (an open the flow manager waits for: one that
+/// found no staged pair; an `InstallStaged` is not waited for).
 struct Timed {
     link: SocketDriver,
     installs: Arc<Mutex<Vec<Duration>>>,
+    /// When each request in flight was sent, if it is an `InstallFlow`.
+    sent: std::collections::VecDeque<Option<Instant>>,
 }
 
 impl DriverLink for Timed {
-    fn call(
-        &mut self,
-        req: &DriverRequest,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<DriverReply, LinkError> {
-        let t = Instant::now();
-        let r = self.link.call(req, fds);
-        if matches!(req, DriverRequest::InstallFlow { .. }) {
+    fn send(&mut self, req: &DriverRequest, fds: &[BorrowedFd<'_>]) -> Result<(), LinkError> {
+        let install = matches!(req, DriverRequest::InstallFlow { .. });
+        self.link.send(req, fds)?;
+        self.sent.push_back(install.then(Instant::now));
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<DriverReply, LinkError> {
+        let r = self.link.recv();
+        if let Some(Some(t)) = self.sent.pop_front() {
             if let Ok(mut v) = self.installs.lock() {
                 v.push(t.elapsed());
             }
