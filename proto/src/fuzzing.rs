@@ -75,6 +75,16 @@ pub fn samples() -> (
         extra: false,
         latency_hint_ns: Some(1_000),
     };
+    // A UDP template from `sap`, to `dst` if connected.
+    let template = |dst| Template {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        kind: TemplateKind::Ipv4 {
+            src: *sap.ip(),
+            proto: ip_proto::UDP,
+            src_port: 7001,
+            dst,
+        },
+    };
     let driver = vec![
         DriverRequest::Hello {
             client: "fm".into(),
@@ -86,15 +96,7 @@ pub fn samples() -> (
                 local: sap,
                 remote: peer,
             },
-            template: Template {
-                src_mac: [2, 0, 0, 0, 0, 1],
-                kind: TemplateKind::Ipv4 {
-                    src: *sap.ip(),
-                    proto: ip_proto::UDP,
-                    src_port: 7001,
-                    dst: Some(peer),
-                },
-            },
+            template: template(Some(peer)),
             qos,
             tx: spec,
             rx: spec,
@@ -127,15 +129,7 @@ pub fn samples() -> (
                 local: sap,
                 broadcast: false,
             },
-            template: Template {
-                src_mac: [2, 0, 0, 0, 0, 1],
-                kind: TemplateKind::Ipv4 {
-                    src: *sap.ip(),
-                    proto: ip_proto::UDP,
-                    src_port: 7001,
-                    dst: None,
-                },
-            },
+            template: template(None),
             qos,
         },
     ];
