@@ -7,6 +7,9 @@
 use crate::error::{Error, IoRecError, Result};
 use crate::iorec::{Extent, IoRec};
 
+/// No buffer: an unused entry of a record's buffer list (see [`Pool::hand_out`]).
+pub(crate) const NO_BUF: u32 = u32::MAX;
+
 const FREE: u8 = 0;
 /// The master holds it (TX: being filled; RX: being read).
 const HELD: u8 = 1;
@@ -44,6 +47,11 @@ impl Pool {
     /// Usable bytes of one buffer.
     pub(crate) fn buf_len(&self) -> u32 {
         self.buf_len
+    }
+
+    /// Distance between buffer starts.
+    pub(crate) fn buf_bytes(&self) -> u32 {
+        self.buf_bytes
     }
 
     pub(crate) fn buffers(&self) -> usize {
@@ -123,13 +131,14 @@ impl Pool {
         }
     }
 
-    /// HELD → OUT for every buffer of `rec` (caller's iorec; distinct buffers required).
+    /// HELD → OUT for every buffer of `rec` (caller's iorec; distinct buffers required). Returns
+    /// the buffers, in extent order, [`NO_BUF`] after the last.
     #[inline(always)]
-    pub(crate) fn hand_out(&mut self, rec: &IoRec) -> Result<()> {
+    pub(crate) fn hand_out(&mut self, rec: &IoRec) -> Result<[u32; 3]> {
         if rec.count == 1 {
             if let Some(b) = self.single_in(rec, HELD) {
                 self.state[b] = OUT;
-                return Ok(());
+                return Ok([b as u32, NO_BUF, NO_BUF]);
             }
         }
         if rec.count == 0 || usize::from(rec.count) > crate::MAX_EXTENTS {
@@ -140,7 +149,7 @@ impl Pool {
             len: rec.extents[i].len,
         })?;
         self.set(bufs, rec.extents().len(), OUT);
-        Ok(())
+        Ok(bufs)
     }
 
     /// OUT → HELD for every buffer of `rec` (peer's iorec; all or nothing).
@@ -189,6 +198,39 @@ impl Pool {
         for &b in &bufs[..rec.extents().len()] {
             self.state[b as usize] = FREE;
             self.free.push(b);
+        }
+        Ok(())
+    }
+
+    /// OUT → FREE for buffer `b`, known by index (the master's own record of what it pushed):
+    /// a TMM reclaim by push number. `false` if `b` is not out.
+    #[inline(always)]
+    pub(crate) fn free_out(&mut self, b: u32) -> bool {
+        match self.state.get_mut(b as usize) {
+            Some(s) if *s == OUT => {
+                *s = FREE;
+                self.free.push(b);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// [`free_out`](Self::free_out) for the buffers of one iorec ([`NO_BUF`] after the last),
+    /// all or nothing; else the first that is not out.
+    pub(crate) fn free_out_all(&mut self, bufs: [u32; 3]) -> std::result::Result<(), IoRecError> {
+        let n = bufs.iter().position(|&b| b == NO_BUF).unwrap_or(bufs.len());
+        for (index, &b) in bufs[..n].iter().enumerate() {
+            if self.state.get(b as usize) != Some(&OUT) || bufs[..index].contains(&b) {
+                return Err(IoRecError::NotOwned {
+                    index,
+                    offset: b.wrapping_mul(self.buf_bytes),
+                    len: self.buf_len,
+                });
+            }
+        }
+        for &b in &bufs[..n] {
+            self.free_out(b);
         }
         Ok(())
     }

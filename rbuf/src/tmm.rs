@@ -5,6 +5,11 @@
 //!   alloc → fill → push ──── full FIFO ────►  pop → validate → copy_out
 //!   reclaim ◄────────────── empty FIFO ◄───  release
 //! ```
+//!
+//! The consumer hands back iorecs it releases in the order it popped them (the usual case) as
+//! one *run* record per stretch of consecutive push numbers ([`crate::iorec::run_words`]); the
+//! producer frees their buffers from its private [`Shadow`] of what it pushed, without reading
+//! them back from shared memory. Out-of-order releases go back one record per iorec, as before.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
@@ -13,9 +18,9 @@ use crate::channel::{ChannelFds, Core, FdSource, Side};
 use crate::counters::Counters;
 use crate::error::{Error, IoRecError, Result};
 use crate::event::Waker;
-use crate::iorec::{Extent, IoRec};
-use crate::pool::Pool;
-use crate::ring::{ConsCursor, ProdCursor, Record};
+use crate::iorec::{run_words, Extent, IoRec};
+use crate::pool::{Pool, NO_BUF};
+use crate::ring::{distance, ConsCursor, ProdCursor, Record};
 use crate::spec::ChannelSpec;
 
 /// The application's end of a transmit channel: owns the buffer allocator, pushes iorecs on the
@@ -27,9 +32,92 @@ pub struct Producer {
     full: ProdCursor,
     empty: ConsCursor,
     pool: Pool,
+    shadow: Shadow,
     /// Iorecs pushed since the last reclaim: reclaiming every quarter ring keeps the empty FIFO
     /// from filling up, which would stop the consumer (it pops only with room to hand back).
     since_reclaim: u32,
+}
+
+/// Set in [`Shadow::first`] when [`Shadow::more`] holds the iorec's other buffers.
+const MORE: u32 = 1 << 31;
+
+/// The producer's private record of the buffers of the iorecs it pushed, by push number (its
+/// count of iorecs pushed, from 0, wrapping), for the last `len` pushes: twice the FIFO's slots,
+/// more than can be out at once (the full FIFO's slots plus what the consumer holds or has
+/// returned, which its room check bounds by the empty FIFO's). Never shared, so a run record
+/// costs the producer no shared read per iorec.
+#[derive(Debug)]
+struct Shadow {
+    /// First buffer of each iorec (buffer indices are below 2^24), [`MORE`] set for two or three.
+    first: Box<[u32]>,
+    /// Second and third buffers ([`NO_BUF`] for none) of iorecs with [`MORE`].
+    more: Box<[[u32; 2]]>,
+    /// The next iorec's push number.
+    pushed: u32,
+}
+
+impl Shadow {
+    fn new(slots: u32) -> Self {
+        let len = 2 * slots as usize;
+        Shadow {
+            first: vec![0; len].into_boxed_slice(),
+            more: vec![[NO_BUF; 2]; len].into_boxed_slice(),
+            pushed: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self, seq: u32) -> usize {
+        // The length is a power of two (twice the FIFO's slots).
+        seq as usize & (self.first.len() - 1)
+    }
+
+    /// Notes the buffers ([`crate::pool::Pool::hand_out`]'s) of the next iorec pushed.
+    #[inline(always)]
+    fn record(&mut self, bufs: [u32; 3]) {
+        let i = self.at(self.pushed);
+        if bufs[1] == NO_BUF {
+            self.first[i] = bufs[0];
+        } else {
+            self.first[i] = bufs[0] | MORE;
+            self.more[i] = [bufs[1], bufs[2]];
+        }
+        self.pushed = self.pushed.wrapping_add(1);
+    }
+
+    /// Frees the buffers of the run `first..first + n` (a peer's record): each iorec whose
+    /// buffers are all out; the others and a run that names iorecs not pushed within the last
+    /// `len` pushes are counted as invalid. Returns how many iorecs came back.
+    #[inline(always)]
+    fn take_back(&self, core: &mut Core, pool: &mut Pool, first: u32, n: u32) -> usize {
+        let back = distance(first, self.pushed);
+        if n == 0 || n > back || back as usize > self.first.len() {
+            core.invalid(IoRecError::BadRun { first, n });
+            return 0;
+        }
+        let mut ok = 0;
+        // At most `len` ≤ 2^17 turns (checked above).
+        for seq in (0..n).map(|k| first.wrapping_add(k)) {
+            let i = self.at(seq);
+            let b = self.first[i];
+            let taken = if b & MORE == 0 {
+                pool.free_out(b)
+            } else {
+                let [b1, b2] = self.more[i];
+                pool.free_out_all([b & !MORE, b1, b2]).is_ok()
+            };
+            if taken {
+                ok += 1;
+            } else {
+                core.invalid(IoRecError::NotOwned {
+                    index: 0,
+                    offset: (b & !MORE).wrapping_mul(pool.buf_bytes()),
+                    len: pool.buf_len(),
+                });
+            }
+        }
+        ok
+    }
 }
 
 impl Producer {
@@ -46,6 +134,7 @@ impl Producer {
             full: ProdCursor::new(core.full, 0),
             empty: ConsCursor::new(core.empty, 0),
             pool: Pool::new(spec.data_bytes, spec.buffer_bytes(), spec.max_packet_bytes),
+            shadow: Shadow::new(spec.slots),
             since_reclaim: 0,
             core,
             waker,
@@ -155,9 +244,12 @@ impl Producer {
             if used + rec.slots() > room {
                 break;
             }
-            if let Err(e) = self.pool.hand_out(rec) {
-                err = Some(e);
-                break;
+            match self.pool.hand_out(rec) {
+                Ok(bufs) => self.shadow.record(bufs),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
             }
             used += self.full.write(used, rec);
             done += 1;
@@ -187,7 +279,13 @@ impl Producer {
     #[inline]
     pub fn reclaim(&mut self) -> Result<usize> {
         self.since_reclaim = 0;
-        reclaim(&mut self.core, &self.waker, &mut self.empty, &mut self.pool)
+        reclaim(
+            &mut self.core,
+            &self.waker,
+            &mut self.empty,
+            &mut self.pool,
+            &self.shadow,
+        )
     }
 
     /// Whether a push could go ahead now: room on the full FIFO and a free or reclaimable buffer.
@@ -198,6 +296,7 @@ impl Producer {
             &mut self.full,
             &mut self.empty,
             &mut self.pool,
+            &self.shadow,
         )
     }
 
@@ -209,10 +308,11 @@ impl Producer {
             full,
             empty,
             pool,
+            shadow,
             ..
         } = self;
         let waker = &*waker;
-        waker.wait(timeout, || ready(core, waker, full, empty, pool))
+        waker.wait(timeout, || ready(core, waker, full, empty, pool, shadow))
     }
 
     /// For event loops: arms the wake-up and says whether work is already there (`true`: do not
@@ -258,6 +358,7 @@ fn reclaim(
     waker: &Waker,
     empty: &mut ConsCursor,
     pool: &mut Pool,
+    shadow: &Shadow,
 ) -> Result<usize> {
     core.check()?;
     let avail = empty.refresh().map_err(|e| core.index_violation(e))?;
@@ -274,6 +375,11 @@ fn reclaim(
             Record::Truncated { count } => {
                 at += 1;
                 Err(IoRecError::Truncated { count })
+            }
+            Record::Run { first, n } => {
+                at += 1;
+                ok += shadow.take_back(core, pool, first, n);
+                continue;
             }
             // Cannot happen with `limit == avail`; stop rather than spin.
             Record::Stop => break,
@@ -300,8 +406,9 @@ fn ready(
     full: &mut ProdCursor,
     empty: &mut ConsCursor,
     pool: &mut Pool,
+    shadow: &Shadow,
 ) -> Result<bool> {
-    reclaim(core, waker, empty, pool)?;
+    reclaim(core, waker, empty, pool, shadow)?;
     Ok(full.refresh().map_err(|e| core.index_violation(e))? > 0 && pool.free_count() > 0)
 }
 
@@ -326,6 +433,22 @@ pub struct Consumer {
     /// Slots those take on the empty FIFO: `pop` only runs while the empty FIFO has room for all
     /// of them, so `release` never finds it full.
     held_slots: u32,
+    /// Push number of the next record read from the full FIFO (the producer's count, valid or
+    /// not), for run records.
+    read_seq: u32,
+    /// The popped iorecs not yet released, oldest first: a ring of the empty FIFO's size (more
+    /// cannot be held) indexed by `log_tail..log_head`, so that `release_batch` recognises an
+    /// in-order release and sends runs.
+    log: Box<[Popped]>,
+    log_tail: u32,
+    log_head: u32,
+}
+
+/// A popped iorec as the consumer remembers it: its push number and first extent.
+#[derive(Debug, Clone, Copy, Default)]
+struct Popped {
+    seq: u32,
+    first: Extent,
 }
 
 impl Consumer {
@@ -343,6 +466,10 @@ impl Consumer {
             empty: ProdCursor::new(core.empty, 0),
             held: 0,
             held_slots: 0,
+            read_seq: 0,
+            log: vec![Popped::default(); spec.slots as usize].into_boxed_slice(),
+            log_tail: 0,
+            log_head: 0,
             core,
             waker,
         })
@@ -385,6 +512,7 @@ impl Consumer {
         let mut first_err = None;
         // Every turn consumes at least one slot or stops: at most `limit` turns.
         while at < limit && k < out.len() {
+            let seq = self.read_seq;
             let valid = match self.full.read(at, limit) {
                 Record::Read { rec, slots } => {
                     at += slots;
@@ -396,10 +524,17 @@ impl Consumer {
                     at += 1;
                     Err(IoRecError::Truncated { count })
                 }
+                // Only this side writes runs (on the empty FIFO).
+                Record::Run { first, n } => {
+                    at += 1;
+                    Err(IoRecError::BadRun { first, n })
+                }
                 Record::Stop => break,
             };
+            self.read_seq = seq.wrapping_add(1);
             match valid {
                 Ok(slots) => {
+                    self.remember(seq, out[k].extents[0]);
                     k += 1;
                     slots_kept += slots;
                 }
@@ -455,6 +590,8 @@ impl Consumer {
     }
 
     /// Hands popped iorecs back (never `Full` while the peer's index is sane: `pop` kept room).
+    /// Iorecs released in the order they were popped go back as run records, one per stretch of
+    /// consecutive push numbers; any other order, one record per iorec.
     #[inline]
     pub fn release_batch(&mut self, recs: &[IoRec]) -> Result<()> {
         self.core.check()?;
@@ -463,6 +600,7 @@ impl Consumer {
         if n > self.held || slots > self.held_slots {
             return Err(Error::NotHeld { offset: 0, len: 0 });
         }
+        // Runs take at most one slot per iorec: the room for `slots` covers either way.
         let room = self
             .empty
             .room(slots)
@@ -470,17 +608,90 @@ impl Consumer {
         if room < slots {
             return Err(Error::Full);
         }
+        let at = match self.write_runs(recs) {
+            Some(at) => at,
+            None => self.write_each(recs, slots),
+        };
+        self.empty.publish(at);
+        self.held -= n;
+        self.held_slots -= slots;
+        if self.held == 0 {
+            // Whatever the log still has was released under another description: forget it.
+            self.log_tail = self.log_head;
+        }
+        self.core.counters.iorecs_out += u64::from(n);
+        self.waker.notify_peer();
+        Ok(())
+    }
+
+    /// Notes a popped iorec in the log (forgetting the oldest entry if it is full, which only
+    /// happens after releases of iorecs that were not popped).
+    #[inline(always)]
+    fn remember(&mut self, seq: u32, first: Extent) {
+        let mask = self.log.len() as u32 - 1;
+        self.log[(self.log_head & mask) as usize] = Popped { seq, first };
+        self.log_head = self.log_head.wrapping_add(1);
+        if distance(self.log_tail, self.log_head) > mask + 1 {
+            self.log_tail = self.log_tail.wrapping_add(1);
+        }
+    }
+
+    /// If `recs` are the oldest popped iorecs not yet released, in order (by first extent),
+    /// writes them as run records and drops them from the log; returns the slots written.
+    /// `None`: not in order, nothing to publish was written.
+    #[inline(always)]
+    fn write_runs(&mut self, recs: &[IoRec]) -> Option<u32> {
+        let mask = self.log.len() as u32 - 1;
+        if recs.is_empty() || recs.len() > distance(self.log_tail, self.log_head) as usize {
+            return None;
+        }
+        let entry = |k: usize| self.log[(self.log_tail.wrapping_add(k as u32) & mask) as usize];
+        let mut at = 0;
+        let (mut first, mut run) = (entry(0).seq, 0u32);
+        for (k, rec) in recs.iter().enumerate() {
+            let p = entry(k);
+            if p.first != rec.extents[0] {
+                // Unpublished slots: the per-iorec path overwrites them.
+                return None;
+            }
+            if p.seq != first.wrapping_add(run) {
+                self.empty.write_words(at, run_words(first, run));
+                at += 1;
+                (first, run) = (p.seq, 0);
+            }
+            run += 1;
+        }
+        self.empty.write_words(at, run_words(first, run));
+        self.log_tail = self.log_tail.wrapping_add(recs.len() as u32);
+        Some(at + 1)
+    }
+
+    /// Writes one record per iorec (`slots` in all) and drops them from the log (for each, the
+    /// oldest entry with its first extent); returns the slots written.
+    #[inline(never)]
+    fn write_each(&mut self, recs: &[IoRec], slots: u32) -> u32 {
         self.empty.prefetch(slots);
         let mut at = 0;
         for rec in recs {
             at += self.empty.write(at, rec);
         }
-        self.empty.publish(at);
-        self.held -= n;
-        self.held_slots -= at;
-        self.core.counters.iorecs_out += u64::from(n);
-        self.waker.notify_peer();
-        Ok(())
+        let mask = self.log.len() as u32 - 1;
+        let mut gone: Vec<Extent> = recs.iter().map(|r| r.extents[0]).collect();
+        let mut keep = self.log_tail;
+        for k in 0..distance(self.log_tail, self.log_head) {
+            let p = self.log[(self.log_tail.wrapping_add(k) & mask) as usize];
+            match gone.iter().position(|e| *e == p.first) {
+                Some(g) => {
+                    gone.swap_remove(g);
+                }
+                None => {
+                    self.log[(keep & mask) as usize] = p;
+                    keep = keep.wrapping_add(1);
+                }
+            }
+        }
+        self.log_head = keep;
+        at
     }
 
     /// Whether `pop` would return something now.
