@@ -240,6 +240,9 @@ impl Producer {
         let mut used = 0u32;
         let mut done = 0u32;
         let mut err = None;
+        // Ownership first (private stores, cache hits), then the slot stores back to back: those
+        // miss (the consumer has the lines), and x86 commits stores in order, so bookkeeping
+        // stores between them would hold the store buffer and keep their misses from overlapping.
         for rec in recs {
             if used + rec.slots() > room {
                 break;
@@ -251,8 +254,12 @@ impl Producer {
                     break;
                 }
             }
-            used += self.full.write(used, rec);
+            used += rec.slots();
             done += 1;
+        }
+        let mut at = 0;
+        for rec in &recs[..done as usize] {
+            at += self.full.write(at, rec);
         }
         if done < want && err.is_none() {
             self.core.counters.full += 1;
