@@ -219,11 +219,26 @@ impl Producer {
     /// An iorec naming buffers this producer does not hold stops the batch (an error if first).
     #[inline]
     pub fn push_batch(&mut self, recs: &[IoRec]) -> Result<usize> {
+        self.push_each(recs, |r| *r)
+    }
+
+    /// [`push_batch`](Self::push_batch) of one-extent iorecs, one per extent (each a buffer this
+    /// producer holds, as [`alloc_batch`](Self::alloc_batch) gives them, trimmed to the bytes
+    /// written), all with `flags`: no [`IoRec`] to build per packet.
+    #[inline]
+    pub fn push_extents(&mut self, extents: &[Extent], flags: u16) -> Result<usize> {
+        self.push_each(extents, |e| IoRec::single(*e, flags))
+    }
+
+    /// Pushes the iorecs `rec_of` makes of `items` (see [`push_batch`](Self::push_batch)).
+    #[inline(always)]
+    fn push_each<T>(&mut self, items: &[T], rec_of: impl Fn(&T) -> IoRec) -> Result<usize> {
         self.core.check()?;
-        let want = u32::try_from(recs.len()).unwrap_or(u32::MAX);
         // Slots the whole batch takes (one per one-extent iorec, two otherwise): the consumer's
         // index is read again whenever the cached room is short of that.
-        let want_slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
+        let want_slots = items
+            .iter()
+            .fold(0u32, |a, r| a.saturating_add(rec_of(r).slots()));
         let mut room = self
             .full
             .room(want_slots)
@@ -238,16 +253,17 @@ impl Producer {
         }
         self.full.prefetch(want_slots.min(room));
         let mut used = 0u32;
-        let mut done = 0u32;
+        let mut done = 0usize;
         let mut err = None;
         // Ownership first (private stores, cache hits), then the slot stores back to back: those
         // miss (the consumer has the lines), and x86 commits stores in order, so bookkeeping
         // stores between them would hold the store buffer and keep their misses from overlapping.
-        for rec in recs {
+        for item in items {
+            let rec = rec_of(item);
             if used + rec.slots() > room {
                 break;
             }
-            match self.pool.hand_out(rec) {
+            match self.pool.hand_out(&rec) {
                 Ok(bufs) => self.shadow.record(bufs),
                 Err(e) => {
                     err = Some(e);
@@ -258,15 +274,15 @@ impl Producer {
             done += 1;
         }
         let mut at = 0;
-        for rec in &recs[..done as usize] {
-            at += self.full.write(at, rec);
+        for item in &items[..done] {
+            at += self.full.write(at, &rec_of(item));
         }
-        if done < want && err.is_none() {
+        if done < items.len() && err.is_none() {
             self.core.counters.full += 1;
         }
         if done > 0 {
             self.full.publish(used);
-            self.core.counters.iorecs_out += u64::from(done);
+            self.core.counters.iorecs_out += done as u64;
             self.waker.notify_peer();
             self.since_reclaim += used;
             if self.since_reclaim >= self.core.full.size / 4 {
@@ -275,7 +291,7 @@ impl Producer {
         }
         match err {
             Some(e) if done == 0 => Err(e),
-            _ => Ok(done as usize),
+            _ => Ok(done),
         }
     }
 
