@@ -135,7 +135,9 @@ impl Consumer {
                 (Err(self.core.invalid(IoRecError::Truncated { count })), 1)
             }
             // Only a TMM consumer writes runs (on its empty FIFO).
-            Record::Run { first, n } => (Err(self.core.invalid(IoRecError::BadRun { first, n })), 1),
+            Record::Run { first, n } => {
+                (Err(self.core.invalid(IoRecError::BadRun { first, n })), 1)
+            }
             // Unreachable with `limit == avail` (`read` says Truncated first); if it were not,
             // consuming the slot as invalid keeps every turn moving.
             Record::Stop => (

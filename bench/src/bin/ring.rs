@@ -241,7 +241,9 @@ fn rbuf_tput(p: &mut tmm::Producer, n: u64, batch: usize) -> Result<(), String> 
                 .alloc_batch(64, &mut exts[ready..want])
                 .map_err(|e| e.to_string())?;
         }
-        let k = p.push_extents(&exts[..ready], 0).map_err(|e| e.to_string())?;
+        let k = p
+            .push_extents(&exts[..ready], 0)
+            .map_err(|e| e.to_string())?;
         exts.copy_within(k..ready, 0);
         ready -= k;
         sent += k as u64;
