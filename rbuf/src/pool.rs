@@ -25,8 +25,10 @@ pub(crate) struct Pool {
     /// `log2(buf_bytes)` when it is a power of two: a shift instead of a division per extent.
     shift: Option<u32>,
     state: Box<[u8]>,
-    /// Free buffers, a stack (capacity: every buffer, so pushing never reallocates).
-    free: Vec<u32>,
+    /// Free buffers, a stack: `free[..free_len]`, room for every buffer (a buffer is on it at
+    /// most once: only a state change to FREE puts it there).
+    free: Box<[u32]>,
+    free_len: usize,
 }
 
 impl Pool {
@@ -41,6 +43,7 @@ impl Pool {
                 .then(|| buf_bytes.trailing_zeros()),
             state: vec![FREE; n as usize].into_boxed_slice(),
             free: (0..n).rev().collect(),
+            free_len: n as usize,
         }
     }
 
@@ -59,13 +62,24 @@ impl Pool {
     }
 
     pub(crate) fn free_count(&self) -> usize {
-        self.free.len()
+        self.free_len
+    }
+
+    /// Puts `b` (just made FREE) on the free stack.
+    #[inline(always)]
+    fn push_free(&mut self, b: u32) {
+        // Always room (see `free`); `get_mut` only keeps a broken invariant from panicking.
+        if let Some(s) = self.free.get_mut(self.free_len) {
+            *s = b;
+            self.free_len += 1;
+        }
     }
 
     /// Takes a free buffer: it is now HELD. Returns the whole buffer's extent.
     #[inline(always)]
     pub(crate) fn alloc(&mut self) -> Option<Extent> {
-        let b = self.free.pop()?;
+        self.free_len = self.free_len.checked_sub(1)?;
+        let b = self.free[self.free_len];
         self.state[b as usize] = HELD;
         Some(self.extent(b))
     }
@@ -74,16 +88,16 @@ impl Pool {
     /// bytes (≤ `buf_len`, checked by the caller) at its start; returns how many.
     #[inline(always)]
     pub(crate) fn alloc_batch(&mut self, len: u32, out: &mut [Extent]) -> usize {
-        let k = out.len().min(self.free.len());
-        let rest = self.free.len() - k;
+        let k = out.len().min(self.free_len);
+        let rest = self.free_len - k;
         // Popped in stack order (the top first), like `alloc`.
-        for (o, &b) in out.iter_mut().zip(self.free[rest..].iter().rev()) {
+        for (o, &b) in out.iter_mut().zip(self.free[rest..self.free_len].iter().rev()) {
             if let Some(s) = self.state.get_mut(b as usize) {
                 *s = HELD;
             }
             *o = Extent::new(b * self.buf_bytes, len);
         }
-        self.free.truncate(rest);
+        self.free_len = rest;
         k
     }
 
@@ -181,7 +195,7 @@ impl Pool {
         if rec.count == 1 {
             if let Some(b) = self.single_in(rec, OUT) {
                 self.state[b] = FREE;
-                self.free.push(b as u32);
+                self.push_free(b as u32);
                 return Ok(());
             }
         }
@@ -197,7 +211,7 @@ impl Pool {
             })?;
         for &b in &bufs[..rec.extents().len()] {
             self.state[b as usize] = FREE;
-            self.free.push(b);
+            self.push_free(b);
         }
         Ok(())
     }
@@ -209,11 +223,41 @@ impl Pool {
         match self.state.get_mut(b as usize) {
             Some(s) if *s == OUT => {
                 *s = FREE;
-                self.free.push(b);
+                self.push_free(b);
                 true
             }
             _ => false,
         }
+    }
+
+    /// [`free_out`](Self::free_out) for each single buffer `bufs` yields (the common case of a
+    /// run), with the stack's length in a register; returns how many were out, after calling
+    /// `not_out` with each that was not.
+    #[inline(always)]
+    pub(crate) fn free_out_each(
+        &mut self,
+        bufs: impl Iterator<Item = u32>,
+        mut not_out: impl FnMut(u32),
+    ) -> u32 {
+        let (state, free) = (&mut self.state[..], &mut self.free[..]);
+        let mut len = self.free_len;
+        let mut ok = 0;
+        for b in bufs {
+            match state.get_mut(b as usize) {
+                Some(s) if *s == OUT => {
+                    *s = FREE;
+                    // Always room (see `free`).
+                    if let Some(f) = free.get_mut(len) {
+                        *f = b;
+                        len += 1;
+                    }
+                    ok += 1;
+                }
+                _ => not_out(b),
+            }
+        }
+        self.free_len = len;
+        ok
     }
 
     /// [`free_out`](Self::free_out) for the buffers of one iorec ([`NO_BUF`] after the last),
@@ -244,7 +288,7 @@ impl Pool {
         })?;
         for &b in &bufs[..rec.extents().len()] {
             self.state[b as usize] = FREE;
-            self.free.push(b);
+            self.push_free(b);
         }
         Ok(())
     }

@@ -95,25 +95,32 @@ impl Shadow {
             core.invalid(IoRecError::BadRun { first, n });
             return 0;
         }
-        let mut ok = 0;
-        // At most `len` ≤ 2^17 turns (checked above).
-        for seq in (0..n).map(|k| first.wrapping_add(k)) {
-            let i = self.at(seq);
-            let b = self.first[i];
-            let taken = if b & MORE == 0 {
-                pool.free_out(b)
-            } else {
-                let [b1, b2] = self.more[i];
-                pool.free_out_all([b & !MORE, b1, b2]).is_ok()
-            };
-            if taken {
-                ok += 1;
-            } else {
-                core.invalid(IoRecError::NotOwned {
+        // At most `len` ≤ 2^17 iorecs (checked above). One-buffer iorecs in one tight loop; an
+        // entry with MORE is no buffer index (≥ 2^31), so that loop leaves it to a second pass.
+        let seqs = (0..n).map(|k| first.wrapping_add(k));
+        let (buf_bytes, buf_len) = (pool.buf_bytes(), pool.buf_len());
+        let mut count = |e| {
+            core.invalid(e);
+        };
+        let mut more = false;
+        let mut ok = pool.free_out_each(seqs.clone().map(|s| self.first[self.at(s)]), |b| {
+            if b & MORE == 0 {
+                count(IoRecError::NotOwned {
                     index: 0,
-                    offset: (b & !MORE).wrapping_mul(pool.buf_bytes()),
-                    len: pool.buf_len(),
+                    offset: b.wrapping_mul(buf_bytes),
+                    len: buf_len,
                 });
+            } else {
+                more = true;
+            }
+        }) as usize;
+        if more {
+            for i in seqs.map(|s| self.at(s)).filter(|&i| self.first[i] & MORE != 0) {
+                let [b1, b2] = self.more[i];
+                match pool.free_out_all([self.first[i] & !MORE, b1, b2]) {
+                    Ok(()) => ok += 1,
+                    Err(e) => count(e),
+                }
             }
         }
         ok
