@@ -91,7 +91,10 @@ impl Pool {
         let k = out.len().min(self.free_len);
         let rest = self.free_len - k;
         // Popped in stack order (the top first), like `alloc`.
-        for (o, &b) in out.iter_mut().zip(self.free[rest..self.free_len].iter().rev()) {
+        for (o, &b) in out
+            .iter_mut()
+            .zip(self.free[rest..self.free_len].iter().rev())
+        {
             if let Some(s) = self.state.get_mut(b as usize) {
                 *s = HELD;
             }

@@ -115,7 +115,10 @@ impl Shadow {
             }
         }) as usize;
         if more {
-            for i in seqs.map(|s| self.at(s)).filter(|&i| self.first[i] & MORE != 0) {
+            for i in seqs
+                .map(|s| self.at(s))
+                .filter(|&i| self.first[i] & MORE != 0)
+            {
                 let [b1, b2] = self.more[i];
                 match pool.free_out_all([self.first[i] & !MORE, b1, b2]) {
                     Ok(()) => ok += 1,
