@@ -52,8 +52,8 @@ struct Shadow {
     first: Box<[u32]>,
     /// Second and third buffers ([`NO_BUF`] for none) of iorecs with [`MORE`].
     more: Box<[[u32; 2]]>,
-    /// The next iorec's push number.
-    pushed: u32,
+    /// Iorecs pushed so far; its low 32 bits are the next iorec's push number.
+    pushed: u64,
 }
 
 impl Shadow {
@@ -75,14 +75,14 @@ impl Shadow {
     /// Notes the buffers ([`crate::pool::Pool::hand_out`]'s) of the next iorec pushed.
     #[inline(always)]
     fn record(&mut self, bufs: [u32; 3]) {
-        let i = self.at(self.pushed);
+        let i = self.at(self.pushed as u32);
         if bufs[1] == NO_BUF {
             self.first[i] = bufs[0];
         } else {
             self.first[i] = bufs[0] | MORE;
             self.more[i] = [bufs[1], bufs[2]];
         }
-        self.pushed = self.pushed.wrapping_add(1);
+        self.pushed += 1;
     }
 
     /// Frees the buffers of the run `first..first + n` (a peer's record): each iorec whose
@@ -90,8 +90,9 @@ impl Shadow {
     /// `len` pushes are counted as invalid. Returns how many iorecs came back.
     #[inline(always)]
     fn take_back(&self, core: &mut Core, pool: &mut Pool, first: u32, n: u32) -> usize {
-        let back = distance(first, self.pushed);
-        if n == 0 || n > back || back as usize > self.first.len() {
+        // How long ago `first` was pushed, if at all, and remembered.
+        let back = distance(first, self.pushed as u32);
+        if n == 0 || n > back || u64::from(back) > self.pushed.min(self.first.len() as u64) {
             core.invalid(IoRecError::BadRun { first, n });
             return 0;
         }
