@@ -11,7 +11,8 @@
 //! A **run** record (kind 1, count 0, [`run_words`]) is one slot: word 0 = `1 << 24`, word 1 =
 //! `first | n << 32`. Only a TMM consumer writes one, on the empty FIFO: "the `n` iorecs the
 //! producer pushed as numbers `first..first + n` (its count of iorecs pushed, from 0, wrapping)
-//! are back". Anywhere else a run is an invalid record ([`IoRecError::BadRun`]).
+//! are back" (among the producer's last [`RUN_WINDOW`] × slots pushes). Anywhere else a run is
+//! an invalid record ([`IoRecError::BadRun`]).
 
 use crate::error::IoRecError;
 
@@ -45,6 +46,12 @@ const RUN_KIND: u64 = 1 << 24;
 pub(crate) const fn is_run(header: u64) -> bool {
     header & 0xFFFF_0000 == RUN_KIND
 }
+
+/// How far back, in FIFO lengths (`slots`), a TMM producer remembers what it pushed: a run may
+/// name only push numbers among its last `RUN_WINDOW × slots` pushes. A consumer sends runs only
+/// for push numbers within `(RUN_WINDOW - 1) × slots` of the newest it has read (the producer
+/// is ahead of that by at most the full FIFO's slots), and older iorecs one record each.
+pub const RUN_WINDOW: u32 = 4;
 
 /// The slot of a run record: iorecs `first..first + n` (push numbers) are back.
 #[inline(always)]

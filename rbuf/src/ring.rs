@@ -357,8 +357,20 @@ impl ConsCursor {
     /// many slots it may consume now.
     #[inline(always)]
     pub(crate) fn read(&self, i: u32, limit: u32) -> Record {
+        self.read_from(self.first_slot(i), i, limit)
+    }
+
+    /// Copies the `i`-th available slot out of shared memory (the caller checked `i` as for
+    /// [`read`](Self::read)), to look at its header before deciding how to read the record.
+    #[inline(always)]
+    pub(crate) fn first_slot(&self, i: u32) -> [u64; 2] {
+        self.view.read_slot(self.tail.wrapping_add(i))
+    }
+
+    /// [`read`](Self::read) with the record's first slot already copied out (`first`).
+    #[inline(always)]
+    pub(crate) fn read_from(&self, first: [u64; 2], i: u32, limit: u32) -> Record {
         let at = self.tail.wrapping_add(i);
-        let first = self.view.read_slot(at);
         if is_run(first[0]) {
             return Record::Run {
                 first: first[1] as u32,

@@ -18,7 +18,7 @@ use crate::channel::{ChannelFds, Core, FdSource, Side};
 use crate::counters::Counters;
 use crate::error::{Error, IoRecError, Result};
 use crate::event::Waker;
-use crate::iorec::{run_words, Extent, IoRec};
+use crate::iorec::{is_run, run_words, slots_of_header, Extent, IoRec, RUN_WINDOW};
 use crate::pool::{Pool, NO_BUF};
 use crate::ring::{distance, ConsCursor, ProdCursor, Record};
 use crate::spec::ChannelSpec;
@@ -42,10 +42,9 @@ pub struct Producer {
 const MORE: u32 = 1 << 31;
 
 /// The producer's private record of the buffers of the iorecs it pushed, by push number (its
-/// count of iorecs pushed, from 0, wrapping), for the last `len` pushes: twice the FIFO's slots,
-/// more than can be out at once (the full FIFO's slots plus what the consumer holds or has
-/// returned, which its room check bounds by the empty FIFO's). Never shared, so a run record
-/// costs the producer no shared read per iorec.
+/// count of iorecs pushed, from 0, wrapping), for the last [`RUN_WINDOW`] × slots pushes (the
+/// consumer sends older ones one record each). Never shared, so a run record costs the producer
+/// no shared read per iorec.
 #[derive(Debug)]
 struct Shadow {
     /// First buffer of each iorec (buffer indices are below 2^24), [`MORE`] set for two or three.
@@ -58,7 +57,7 @@ struct Shadow {
 
 impl Shadow {
     fn new(slots: u32) -> Self {
-        let len = 2 * slots as usize;
+        let len = (RUN_WINDOW * slots) as usize;
         Shadow {
             first: vec![0; len].into_boxed_slice(),
             more: vec![[NO_BUF; 2]; len].into_boxed_slice(),
@@ -68,7 +67,7 @@ impl Shadow {
 
     #[inline(always)]
     fn at(&self, seq: u32) -> usize {
-        // The length is a power of two (twice the FIFO's slots).
+        // The length is a power of two (RUN_WINDOW times the FIFO's slots, both powers of two).
         seq as usize & (self.first.len() - 1)
     }
 
@@ -96,7 +95,7 @@ impl Shadow {
             core.invalid(IoRecError::BadRun { first, n });
             return 0;
         }
-        // At most `len` ≤ 2^17 iorecs (checked above). One-buffer iorecs in one tight loop; an
+        // At most `len` ≤ 2^18 iorecs (checked above). One-buffer iorecs in one tight loop; an
         // entry with MORE is no buffer index (≥ 2^31), so that loop leaves it to a second pass.
         let seqs = (0..n).map(|k| first.wrapping_add(k));
         let (buf_bytes, buf_len) = (pool.buf_bytes(), pool.buf_len());
@@ -230,7 +229,8 @@ impl Producer {
     /// An iorec naming buffers this producer does not hold stops the batch (an error if first).
     #[inline]
     pub fn push_batch(&mut self, recs: &[IoRec]) -> Result<usize> {
-        self.push_each(recs, |r| *r)
+        let slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
+        self.push_each(recs, slots, |r| *r)
     }
 
     /// [`push_batch`](Self::push_batch) of one-extent iorecs, one per extent (each a buffer this
@@ -238,18 +238,21 @@ impl Producer {
     /// written), all with `flags`: no [`IoRec`] to build per packet.
     #[inline]
     pub fn push_extents(&mut self, extents: &[Extent], flags: u16) -> Result<usize> {
-        self.push_each(extents, |e| IoRec::single(*e, flags))
+        let slots = u32::try_from(extents.len()).unwrap_or(u32::MAX);
+        self.push_each(extents, slots, |e| IoRec::single(*e, flags))
     }
 
-    /// Pushes the iorecs `rec_of` makes of `items` (see [`push_batch`](Self::push_batch)).
+    /// Pushes the iorecs `rec_of` makes of `items`, `want_slots` slots in all (one per
+    /// one-extent iorec, two otherwise; see [`push_batch`](Self::push_batch)).
     #[inline(always)]
-    fn push_each<T>(&mut self, items: &[T], rec_of: impl Fn(&T) -> IoRec) -> Result<usize> {
+    fn push_each<T>(
+        &mut self,
+        items: &[T],
+        want_slots: u32,
+        rec_of: impl Fn(&T) -> IoRec,
+    ) -> Result<usize> {
         self.core.check()?;
-        // Slots the whole batch takes (one per one-extent iorec, two otherwise): the consumer's
-        // index is read again whenever the cached room is short of that.
-        let want_slots = items
-            .iter()
-            .fold(0u32, |a, r| a.saturating_add(rec_of(r).slots()));
+        // The consumer's index is read again whenever the cached room is short of the batch.
         let mut room = self
             .full
             .room(want_slots)
@@ -547,23 +550,31 @@ impl Consumer {
         // Every turn consumes at least one slot or stops: at most `limit` turns.
         while at < limit && k < out.len() {
             let seq = self.read_seq;
-            let valid = match self.full.read(at, limit) {
-                Record::Read { rec, slots } => {
-                    at += slots;
-                    // Copied straight into the caller's array (a private copy), checked there.
-                    out[k] = rec;
-                    out[k].validate(&self.core.limits).map(|()| slots)
+            let first = self.full.first_slot(at);
+            let valid = if slots_of_header(first[0]) == 1 && !is_run(first[0]) {
+                // One slot (every packet today): the record's other extents are known empty.
+                at += 1;
+                out[k] = IoRec::from_first_slot(first);
+                out[k].validate(&self.core.limits).map(|()| 1)
+            } else {
+                match self.full.read_from(first, at, limit) {
+                    Record::Read { rec, slots } => {
+                        at += slots;
+                        // Copied straight into the caller's array (a private copy), checked there.
+                        out[k] = rec;
+                        out[k].validate(&self.core.limits).map(|()| slots)
+                    }
+                    Record::Truncated { count } => {
+                        at += 1;
+                        Err(IoRecError::Truncated { count })
+                    }
+                    // Only this side writes runs (on the empty FIFO).
+                    Record::Run { first, n } => {
+                        at += 1;
+                        Err(IoRecError::BadRun { first, n })
+                    }
+                    Record::Stop => break,
                 }
-                Record::Truncated { count } => {
-                    at += 1;
-                    Err(IoRecError::Truncated { count })
-                }
-                // Only this side writes runs (on the empty FIFO).
-                Record::Run { first, n } => {
-                    at += 1;
-                    Err(IoRecError::BadRun { first, n })
-                }
-                Record::Stop => break,
             };
             self.read_seq = seq.wrapping_add(1);
             match valid {
@@ -680,6 +691,11 @@ impl Consumer {
             return None;
         }
         let entry = |k: usize| self.log[(self.log_tail.wrapping_add(k as u32) & mask) as usize];
+        // Push numbers only grow along the log: its oldest tells whether the producer still
+        // remembers them all (see `RUN_WINDOW`).
+        if distance(entry(0).seq, self.read_seq) > (RUN_WINDOW - 1) * (mask + 1) {
+            return None;
+        }
         let mut at = 0;
         let (mut first, mut run) = (entry(0).seq, 0u32);
         for (k, rec) in recs.iter().enumerate() {
