@@ -265,7 +265,7 @@ impl Producer {
             // one try in 32 (pushes reclaim every quarter ring anyway; reading the consumer's
             // empty FIFO on every try would only take its cache lines away while it catches up).
             self.full_tries = self.full_tries.wrapping_add(1);
-            if self.full_tries % 32 == 0 {
+            if self.full_tries.is_multiple_of(32) {
                 self.reclaim()?;
                 room = self
                     .full
