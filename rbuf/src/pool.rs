@@ -219,23 +219,9 @@ impl Pool {
         Ok(())
     }
 
-    /// OUT → FREE for buffer `b`, known by index (the master's own record of what it pushed):
-    /// a TMM reclaim by push number. `false` if `b` is not out.
-    #[inline(always)]
-    pub(crate) fn free_out(&mut self, b: u32) -> bool {
-        match self.state.get_mut(b as usize) {
-            Some(s) if *s == OUT => {
-                *s = FREE;
-                self.push_free(b);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// [`free_out`](Self::free_out) for each single buffer `bufs` yields (the common case of a
-    /// run), with the stack's length in a register; returns how many were out, after calling
-    /// `not_out` with each that was not.
+    /// OUT → FREE for each buffer `bufs` yields, known by index (the master's own record of what
+    /// it pushed: a TMM reclaim by push number), with the stack's length in a register; returns
+    /// how many were out, after calling `not_out` with each that was not.
     #[inline(always)]
     pub(crate) fn free_out_each(
         &mut self,
@@ -263,8 +249,8 @@ impl Pool {
         ok
     }
 
-    /// [`free_out`](Self::free_out) for the buffers of one iorec ([`NO_BUF`] after the last),
-    /// all or nothing; else the first that is not out.
+    /// [`free_out_each`](Self::free_out_each) for the buffers of one iorec ([`NO_BUF`] after the
+    /// last), all or nothing; else the first that is not out.
     pub(crate) fn free_out_all(&mut self, bufs: [u32; 3]) -> std::result::Result<(), IoRecError> {
         let n = bufs.iter().position(|&b| b == NO_BUF).unwrap_or(bufs.len());
         for (index, &b) in bufs[..n].iter().enumerate() {
@@ -276,9 +262,7 @@ impl Pool {
                 });
             }
         }
-        for &b in &bufs[..n] {
-            self.free_out(b);
-        }
+        self.free_out_each(bufs[..n].iter().copied(), |_| {});
         Ok(())
     }
 
