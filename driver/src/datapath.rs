@@ -1166,13 +1166,7 @@ fn to_sched_qos(q: &Qos) -> nemflow_sched::Qos {
 
 /// Every iorec or index violation an rbuf endpoint counted.
 fn invalid_total(c: &nemflow_rbuf::Counters) -> u64 {
-    c.invalid_count
-        + c.invalid_overflow
-        + c.invalid_out_of_bounds
-        + c.invalid_too_long
-        + c.invalid_not_owned
-        + c.index_backward
-        + c.index_too_far
+    c.invalid_iorecs() + c.index_violations()
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub struct Counters {
     pub invalid_too_long: u64,
     /// Invalid iorecs: the master got back a buffer it had not handed out.
     pub invalid_not_owned: u64,
+    /// Invalid run records ([`IoRecError::BadRun`]): misplaced, or naming iorecs not out.
+    pub invalid_run: u64,
     /// Peer index moved backwards.
     pub index_backward: u64,
     /// Peer index jumped too far.
@@ -44,6 +46,7 @@ impl Counters {
             + self.invalid_out_of_bounds
             + self.invalid_too_long
             + self.invalid_not_owned
+            + self.invalid_run
     }
 
     /// Sum of the index-violation counters.
@@ -58,6 +61,7 @@ impl Counters {
             IoRecError::OutOfBounds { .. } => self.invalid_out_of_bounds += 1,
             IoRecError::TooLong { .. } => self.invalid_too_long += 1,
             IoRecError::NotOwned { .. } => self.invalid_not_owned += 1,
+            IoRecError::BadRun { .. } => self.invalid_run += 1,
         }
     }
 

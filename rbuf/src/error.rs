@@ -48,6 +48,17 @@ pub enum IoRecError {
         /// The count found in the header.
         count: u8,
     },
+    /// A run record ([`crate::iorec::run_words`]) where none may be (any FIFO but a TMM
+    /// channel's empty FIFO), or naming iorecs that cannot be out: none (`n = 0`), more than
+    /// were pushed since `first`, or pushed longer ago than the producer remembers. Discarded
+    /// whole; iorecs of a run that are not out are [`IoRecError::NotOwned`] each.
+    #[error("run of {n} iorecs from push number {first} is not a run of outstanding iorecs")]
+    BadRun {
+        /// The run's first push number.
+        first: u32,
+        /// Its length.
+        n: u32,
+    },
     /// The master got back an extent that is not a buffer it handed out (wrong offset, unknown or
     /// duplicated buffer, length past the buffer).
     #[error("extent {index} [{offset:#x}, +{len}) is not a buffer this side handed out")]

@@ -3,10 +3,16 @@
 //! the app stack exchange) and two consecutive slots when it has two or three. An [`IoRec`] is
 //! the private, plain copy of one; every bit pattern decodes, and [`IoRec::validate`] then decides.
 //!
-//! The record image, four words, [`IoRec::encode`]: word 0 = `flags | count << 16` (bits 24..64
-//! reserved, written 0, ignored on decode), words 1..4 = `offset | len << 32` of extents 0..3.
-//! Words 0 and 1 are the first slot; words 2 and 3, the second slot, exist only when `count ≥ 2`
-//! ([`slots_of_header`]).
+//! The record image, four words, [`IoRec::encode`]: word 0 = `flags | count << 16 | kind << 24`
+//! (kind 0 for an iorec; bits 32..64 reserved, written 0, ignored on decode), words 1..4 =
+//! `offset | len << 32` of extents 0..3. Words 0 and 1 are the first slot; words 2 and 3, the
+//! second slot, exist only when `count ≥ 2` ([`slots_of_header`]).
+//!
+//! A **run** record (kind 1, count 0, [`run_words`]) is one slot: word 0 = `1 << 24`, word 1 =
+//! `first | n << 32`. Only a TMM consumer writes one, on the empty FIFO: "the `n` iorecs the
+//! producer pushed as numbers `first..first + n` (its count of iorecs pushed, from 0, wrapping)
+//! are back" (among the producer's last [`RUN_WINDOW`] × slots pushes). Anywhere else a run is
+//! an invalid record ([`IoRecError::BadRun`]).
 
 use crate::error::IoRecError;
 
@@ -29,6 +35,28 @@ pub const fn slots_of_header(header: u64) -> u32 {
     } else {
         1
     }
+}
+
+/// The kind byte of a run record's header word (see the module doc).
+const RUN_KIND: u64 = 1 << 24;
+
+/// Whether a header word is a run record's: kind 1 and count 0 (so a run takes one slot by
+/// [`slots_of_header`] too; kind bits with a non-zero count are ignored, as before).
+#[inline(always)]
+pub(crate) const fn is_run(header: u64) -> bool {
+    header & 0xFFFF_0000 == RUN_KIND
+}
+
+/// How far back, in FIFO lengths (`slots`), a TMM producer remembers what it pushed: a run may
+/// name only push numbers among its last `RUN_WINDOW × slots` pushes. A consumer sends runs only
+/// for push numbers within `(RUN_WINDOW - 1) × slots` of the newest it has read (the producer
+/// is ahead of that by at most the full FIFO's slots), and older iorecs one record each.
+pub const RUN_WINDOW: u32 = 4;
+
+/// The slot of a run record: iorecs `first..first + n` (push numbers) are back.
+#[inline(always)]
+pub const fn run_words(first: u32, n: u32) -> [u64; 2] {
+    [RUN_KIND, first as u64 | (n as u64) << 32]
 }
 
 /// A byte range of the data area, by offset (the two sides map the area at different addresses).
@@ -145,6 +173,13 @@ impl IoRec {
     /// Checks the count, every extent's bounds (overflow-checked) and the total length.
     #[inline(always)]
     pub fn validate(&self, limits: &Limits) -> Result<(), IoRecError> {
+        // One extent (every packet today): one 64-bit sum covers overflow and bounds; anything
+        // wrong takes the general path below, which says what.
+        let e = self.extents[0];
+        let end = u64::from(e.offset) + u64::from(e.len);
+        if self.count == 1 && end <= limits.data_bytes && e.len <= limits.max_packet_bytes {
+            return Ok(());
+        }
         if self.count == 0 || usize::from(self.count) > MAX_EXTENTS {
             return Err(IoRecError::BadCount { count: self.count });
         }

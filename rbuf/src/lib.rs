@@ -68,6 +68,13 @@
 //! endpoint is not [`ready`](tmm::Consumer::ready), until there are two. See [`ring`] for the
 //! ordering of every atomic.
 //!
+//! On a TMM channel's empty FIFO the consumer hands back iorecs it releases in the order it
+//! popped them as *run* records, one slot per stretch of consecutive push numbers (the
+//! producer's count of iorecs pushed; [`iorec::run_words`]): the producer frees their buffers
+//! from a private record of what it pushed instead of reading a slot per iorec. Other release
+//! orders go back one record per iorec. A run anywhere else, or naming iorecs that cannot be out,
+//! is an invalid record ([`IoRecError::BadRun`], counted). Control layout version 3.
+//!
 //! # Example: TMM (app → driver)
 //! ```
 //! use nemflow_rbuf::{create, tmm, ChannelSpec, IoRec};

@@ -7,6 +7,9 @@
 use crate::error::{Error, IoRecError, Result};
 use crate::iorec::{Extent, IoRec};
 
+/// No buffer: an unused entry of a record's buffer list (see [`Pool::hand_out`]).
+pub(crate) const NO_BUF: u32 = u32::MAX;
+
 const FREE: u8 = 0;
 /// The master holds it (TX: being filled; RX: being read).
 const HELD: u8 = 1;
@@ -22,8 +25,10 @@ pub(crate) struct Pool {
     /// `log2(buf_bytes)` when it is a power of two: a shift instead of a division per extent.
     shift: Option<u32>,
     state: Box<[u8]>,
-    /// Free buffers, a stack (capacity: every buffer, so pushing never reallocates).
-    free: Vec<u32>,
+    /// Free buffers, a stack: `free[..free_len]`, room for every buffer (a buffer is on it at
+    /// most once: only a state change to FREE puts it there).
+    free: Box<[u32]>,
+    free_len: usize,
 }
 
 impl Pool {
@@ -38,6 +43,7 @@ impl Pool {
                 .then(|| buf_bytes.trailing_zeros()),
             state: vec![FREE; n as usize].into_boxed_slice(),
             free: (0..n).rev().collect(),
+            free_len: n as usize,
         }
     }
 
@@ -46,18 +52,34 @@ impl Pool {
         self.buf_len
     }
 
+    /// Distance between buffer starts.
+    pub(crate) fn buf_bytes(&self) -> u32 {
+        self.buf_bytes
+    }
+
     pub(crate) fn buffers(&self) -> usize {
         self.state.len()
     }
 
     pub(crate) fn free_count(&self) -> usize {
-        self.free.len()
+        self.free_len
+    }
+
+    /// Puts `b` (just made FREE) on the free stack.
+    #[inline(always)]
+    fn push_free(&mut self, b: u32) {
+        // Always room (see `free`); `get_mut` only keeps a broken invariant from panicking.
+        if let Some(s) = self.free.get_mut(self.free_len) {
+            *s = b;
+            self.free_len += 1;
+        }
     }
 
     /// Takes a free buffer: it is now HELD. Returns the whole buffer's extent.
     #[inline(always)]
     pub(crate) fn alloc(&mut self) -> Option<Extent> {
-        let b = self.free.pop()?;
+        self.free_len = self.free_len.checked_sub(1)?;
+        let b = self.free[self.free_len];
         self.state[b as usize] = HELD;
         Some(self.extent(b))
     }
@@ -66,16 +88,19 @@ impl Pool {
     /// bytes (≤ `buf_len`, checked by the caller) at its start; returns how many.
     #[inline(always)]
     pub(crate) fn alloc_batch(&mut self, len: u32, out: &mut [Extent]) -> usize {
-        let k = out.len().min(self.free.len());
-        let rest = self.free.len() - k;
+        let k = out.len().min(self.free_len);
+        let rest = self.free_len - k;
         // Popped in stack order (the top first), like `alloc`.
-        for (o, &b) in out.iter_mut().zip(self.free[rest..].iter().rev()) {
+        for (o, &b) in out
+            .iter_mut()
+            .zip(self.free[rest..self.free_len].iter().rev())
+        {
             if let Some(s) = self.state.get_mut(b as usize) {
                 *s = HELD;
             }
             *o = Extent::new(b * self.buf_bytes, len);
         }
-        self.free.truncate(rest);
+        self.free_len = rest;
         k
     }
 
@@ -123,13 +148,14 @@ impl Pool {
         }
     }
 
-    /// HELD → OUT for every buffer of `rec` (caller's iorec; distinct buffers required).
+    /// HELD → OUT for every buffer of `rec` (caller's iorec; distinct buffers required). Returns
+    /// the buffers, in extent order, [`NO_BUF`] after the last.
     #[inline(always)]
-    pub(crate) fn hand_out(&mut self, rec: &IoRec) -> Result<()> {
+    pub(crate) fn hand_out(&mut self, rec: &IoRec) -> Result<[u32; 3]> {
         if rec.count == 1 {
             if let Some(b) = self.single_in(rec, HELD) {
                 self.state[b] = OUT;
-                return Ok(());
+                return Ok([b as u32, NO_BUF, NO_BUF]);
             }
         }
         if rec.count == 0 || usize::from(rec.count) > crate::MAX_EXTENTS {
@@ -140,7 +166,7 @@ impl Pool {
             len: rec.extents[i].len,
         })?;
         self.set(bufs, rec.extents().len(), OUT);
-        Ok(())
+        Ok(bufs)
     }
 
     /// OUT → HELD for every buffer of `rec` (peer's iorec; all or nothing).
@@ -172,7 +198,7 @@ impl Pool {
         if rec.count == 1 {
             if let Some(b) = self.single_in(rec, OUT) {
                 self.state[b] = FREE;
-                self.free.push(b as u32);
+                self.push_free(b as u32);
                 return Ok(());
             }
         }
@@ -188,8 +214,55 @@ impl Pool {
             })?;
         for &b in &bufs[..rec.extents().len()] {
             self.state[b as usize] = FREE;
-            self.free.push(b);
+            self.push_free(b);
         }
+        Ok(())
+    }
+
+    /// OUT → FREE for each buffer `bufs` yields, known by index (the master's own record of what
+    /// it pushed: a TMM reclaim by push number), with the stack's length in a register; returns
+    /// how many were out, after calling `not_out` with each that was not.
+    #[inline(always)]
+    pub(crate) fn free_out_each(
+        &mut self,
+        bufs: impl Iterator<Item = u32>,
+        mut not_out: impl FnMut(u32),
+    ) -> u32 {
+        let (state, free) = (&mut self.state[..], &mut self.free[..]);
+        let mut len = self.free_len;
+        let mut ok = 0;
+        for b in bufs {
+            match state.get_mut(b as usize) {
+                Some(s) if *s == OUT => {
+                    *s = FREE;
+                    // Always room (see `free`).
+                    if let Some(f) = free.get_mut(len) {
+                        *f = b;
+                        len += 1;
+                    }
+                    ok += 1;
+                }
+                _ => not_out(b),
+            }
+        }
+        self.free_len = len;
+        ok
+    }
+
+    /// [`free_out_each`](Self::free_out_each) for the buffers of one iorec ([`NO_BUF`] after the
+    /// last), all or nothing; else the first that is not out.
+    pub(crate) fn free_out_all(&mut self, bufs: [u32; 3]) -> std::result::Result<(), IoRecError> {
+        let n = bufs.iter().position(|&b| b == NO_BUF).unwrap_or(bufs.len());
+        for (index, &b) in bufs[..n].iter().enumerate() {
+            if self.state.get(b as usize) != Some(&OUT) || bufs[..index].contains(&b) {
+                return Err(IoRecError::NotOwned {
+                    index,
+                    offset: b.wrapping_mul(self.buf_bytes),
+                    len: self.buf_len,
+                });
+            }
+        }
+        self.free_out_each(bufs[..n].iter().copied(), |_| {});
         Ok(())
     }
 
@@ -202,7 +275,7 @@ impl Pool {
         })?;
         for &b in &bufs[..rec.extents().len()] {
             self.state[b as usize] = FREE;
-            self.free.push(b);
+            self.push_free(b);
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{FifoId, IndexError};
-use crate::iorec::{slots_of_header, Extent, IoRec};
+use crate::iorec::{is_run, slots_of_header, Extent, IoRec};
 
 /// One slot: two words, half of a record image (see [`crate::iorec`]); four slots share a cache
 /// line. Typed as atomics so that shared references to the control area are sound; the ring
@@ -36,6 +36,8 @@ pub(crate) enum Record {
     Truncated { count: u8 },
     /// A two-slot record when the caller may consume only one more slot now: stop before it.
     Stop,
+    /// A run record (one slot, [`crate::iorec::run_words`]): push numbers `first..first + n`.
+    Run { first: u32, n: u32 },
 }
 
 /// Number of iorecs between two free-running indices (`later - earlier`, wrapping).
@@ -274,6 +276,13 @@ impl ProdCursor {
         2
     }
 
+    /// Writes the raw words of one slot, the `i`-th free one (not yet published). Caller checked
+    /// the room.
+    #[inline(always)]
+    pub(crate) fn write_words(&self, i: u32, words: [u64; 2]) {
+        self.view.write_slot(self.head.wrapping_add(i), words);
+    }
+
     /// Publishes `n` written slots.
     #[inline]
     pub(crate) fn publish(&mut self, n: u32) {
@@ -348,8 +357,26 @@ impl ConsCursor {
     /// many slots it may consume now.
     #[inline(always)]
     pub(crate) fn read(&self, i: u32, limit: u32) -> Record {
+        self.read_from(self.first_slot(i), i, limit)
+    }
+
+    /// Copies the `i`-th available slot out of shared memory (the caller checked `i` as for
+    /// [`read`](Self::read)), to look at its header before deciding how to read the record.
+    #[inline(always)]
+    pub(crate) fn first_slot(&self, i: u32) -> [u64; 2] {
+        self.view.read_slot(self.tail.wrapping_add(i))
+    }
+
+    /// [`read`](Self::read) with the record's first slot already copied out (`first`).
+    #[inline(always)]
+    pub(crate) fn read_from(&self, first: [u64; 2], i: u32, limit: u32) -> Record {
         let at = self.tail.wrapping_add(i);
-        let first = self.view.read_slot(at);
+        if is_run(first[0]) {
+            return Record::Run {
+                first: first[1] as u32,
+                n: (first[1] >> 32) as u32,
+            };
+        }
         let mut rec = IoRec::from_first_slot(first);
         if slots_of_header(first[0]) == 1 {
             return Record::Read { rec, slots: 1 };

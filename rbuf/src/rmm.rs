@@ -134,6 +134,10 @@ impl Consumer {
             Record::Truncated { count } => {
                 (Err(self.core.invalid(IoRecError::Truncated { count })), 1)
             }
+            // Only a TMM consumer writes runs (on its empty FIFO).
+            Record::Run { first, n } => {
+                (Err(self.core.invalid(IoRecError::BadRun { first, n })), 1)
+            }
             // Unreachable with `limit == avail` (`read` says Truncated first); if it were not,
             // consuming the slot as invalid keeps every turn moving.
             Record::Stop => (
@@ -366,6 +370,11 @@ impl Producer {
                 Record::Truncated { count } => {
                     at += 1;
                     Err(IoRecError::Truncated { count })
+                }
+                // Only a TMM consumer writes runs (on its empty FIFO).
+                Record::Run { first, n } => {
+                    at += 1;
+                    Err(IoRecError::BadRun { first, n })
                 }
                 Record::Stop => break,
             };

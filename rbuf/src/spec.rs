@@ -22,9 +22,11 @@ pub const MAX_PACKET_BYTES: u32 = 1 << 20;
 
 /// "NEMRBUF1": the first word of every control area.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NEMRBUF1");
-/// Layout version of the control area. 2: 16-byte slots, an iorec takes one slot (one extent)
-/// or two (two or three extents), indices count slots. (1: one 32-byte slot per iorec.)
-pub const VERSION: u32 = 2;
+/// Layout version of the control area. 3: as 2, and a TMM consumer may return iorecs in run
+/// records (kind 1 in the header word, [`crate::iorec::run_words`]). 2: 16-byte slots, an iorec
+/// takes one slot (one extent) or two (two or three extents), indices count slots. (1: one
+/// 32-byte slot per iorec.)
+pub const VERSION: u32 = 3;
 
 /// Geometry of one simplex channel. Trusted: it comes from the flow manager, not from the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,11 @@
 //!   alloc → fill → push ──── full FIFO ────►  pop → validate → copy_out
 //!   reclaim ◄────────────── empty FIFO ◄───  release
 //! ```
+//!
+//! The consumer hands back iorecs it releases in the order it popped them (the usual case) as
+//! one *run* record per stretch of consecutive push numbers ([`crate::iorec::run_words`]); the
+//! producer frees their buffers from its private [`Shadow`] of what it pushed, without reading
+//! them back from shared memory. Out-of-order releases go back one record per iorec, as before.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
@@ -13,9 +18,9 @@ use crate::channel::{ChannelFds, Core, FdSource, Side};
 use crate::counters::Counters;
 use crate::error::{Error, IoRecError, Result};
 use crate::event::Waker;
-use crate::iorec::{Extent, IoRec};
-use crate::pool::Pool;
-use crate::ring::{ConsCursor, ProdCursor, Record};
+use crate::iorec::{is_run, run_words, slots_of_header, Extent, IoRec, RUN_WINDOW};
+use crate::pool::{Pool, NO_BUF};
+use crate::ring::{distance, ConsCursor, ProdCursor, Record};
 use crate::spec::ChannelSpec;
 
 /// The application's end of a transmit channel: owns the buffer allocator, pushes iorecs on the
@@ -27,9 +32,104 @@ pub struct Producer {
     full: ProdCursor,
     empty: ConsCursor,
     pool: Pool,
+    shadow: Shadow,
     /// Iorecs pushed since the last reclaim: reclaiming every quarter ring keeps the empty FIFO
     /// from filling up, which would stop the consumer (it pops only with room to hand back).
     since_reclaim: u32,
+    /// Pushes that found the full FIFO short of room (see `push_each`).
+    full_tries: u32,
+}
+
+/// Set in [`Shadow::first`] when [`Shadow::more`] holds the iorec's other buffers.
+const MORE: u32 = 1 << 31;
+
+/// The producer's private record of the buffers of the iorecs it pushed, by push number (its
+/// count of iorecs pushed, from 0, wrapping), for the last [`RUN_WINDOW`] × slots pushes (the
+/// consumer sends older ones one record each). Never shared, so a run record costs the producer
+/// no shared read per iorec.
+#[derive(Debug)]
+struct Shadow {
+    /// First buffer of each iorec (buffer indices are below 2^24), [`MORE`] set for two or three.
+    first: Box<[u32]>,
+    /// Second and third buffers ([`NO_BUF`] for none) of iorecs with [`MORE`].
+    more: Box<[[u32; 2]]>,
+    /// Iorecs pushed so far; its low 32 bits are the next iorec's push number.
+    pushed: u64,
+}
+
+impl Shadow {
+    fn new(slots: u32) -> Self {
+        let len = (RUN_WINDOW * slots) as usize;
+        Shadow {
+            first: vec![0; len].into_boxed_slice(),
+            more: vec![[NO_BUF; 2]; len].into_boxed_slice(),
+            pushed: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self, seq: u32) -> usize {
+        // The length is a power of two (RUN_WINDOW times the FIFO's slots, both powers of two).
+        seq as usize & (self.first.len() - 1)
+    }
+
+    /// Notes the buffers ([`crate::pool::Pool::hand_out`]'s) of the next iorec pushed.
+    #[inline(always)]
+    fn record(&mut self, bufs: [u32; 3]) {
+        let i = self.at(self.pushed as u32);
+        if bufs[1] == NO_BUF {
+            self.first[i] = bufs[0];
+        } else {
+            self.first[i] = bufs[0] | MORE;
+            self.more[i] = [bufs[1], bufs[2]];
+        }
+        self.pushed += 1;
+    }
+
+    /// Frees the buffers of the run `first..first + n` (a peer's record): each iorec whose
+    /// buffers are all out; the others and a run that names iorecs not pushed within the last
+    /// `len` pushes are counted as invalid. Returns how many iorecs came back.
+    #[inline(always)]
+    fn take_back(&self, core: &mut Core, pool: &mut Pool, first: u32, n: u32) -> usize {
+        // How long ago `first` was pushed, if at all, and remembered.
+        let back = distance(first, self.pushed as u32);
+        if n == 0 || n > back || u64::from(back) > self.pushed.min(self.first.len() as u64) {
+            core.invalid(IoRecError::BadRun { first, n });
+            return 0;
+        }
+        // At most `len` ≤ 2^18 iorecs (checked above). One-buffer iorecs in one tight loop; an
+        // entry with MORE is no buffer index (≥ 2^31), so that loop leaves it to a second pass.
+        let seqs = (0..n).map(|k| first.wrapping_add(k));
+        let (buf_bytes, buf_len) = (pool.buf_bytes(), pool.buf_len());
+        let mut count = |e| {
+            core.invalid(e);
+        };
+        let mut more = false;
+        let mut ok = pool.free_out_each(seqs.clone().map(|s| self.first[self.at(s)]), |b| {
+            if b & MORE == 0 {
+                count(IoRecError::NotOwned {
+                    index: 0,
+                    offset: b.wrapping_mul(buf_bytes),
+                    len: buf_len,
+                });
+            } else {
+                more = true;
+            }
+        }) as usize;
+        if more {
+            for i in seqs
+                .map(|s| self.at(s))
+                .filter(|&i| self.first[i] & MORE != 0)
+            {
+                let [b1, b2] = self.more[i];
+                match pool.free_out_all([self.first[i] & !MORE, b1, b2]) {
+                    Ok(()) => ok += 1,
+                    Err(e) => count(e),
+                }
+            }
+        }
+        ok
+    }
 }
 
 impl Producer {
@@ -46,7 +146,9 @@ impl Producer {
             full: ProdCursor::new(core.full, 0),
             empty: ConsCursor::new(core.empty, 0),
             pool: Pool::new(spec.data_bytes, spec.buffer_bytes(), spec.max_packet_bytes),
+            shadow: Shadow::new(spec.slots),
             since_reclaim: 0,
+            full_tries: 0,
             core,
             waker,
         })
@@ -130,44 +232,79 @@ impl Producer {
     /// An iorec naming buffers this producer does not hold stops the batch (an error if first).
     #[inline]
     pub fn push_batch(&mut self, recs: &[IoRec]) -> Result<usize> {
+        let slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
+        self.push_each(recs, slots, |r| *r)
+    }
+
+    /// [`push_batch`](Self::push_batch) of one-extent iorecs, one per extent (each a buffer this
+    /// producer holds, as [`alloc_batch`](Self::alloc_batch) gives them, trimmed to the bytes
+    /// written), all with `flags`: no [`IoRec`] to build per packet.
+    #[inline]
+    pub fn push_extents(&mut self, extents: &[Extent], flags: u16) -> Result<usize> {
+        let slots = u32::try_from(extents.len()).unwrap_or(u32::MAX);
+        self.push_each(extents, slots, |e| IoRec::single(*e, flags))
+    }
+
+    /// Pushes the iorecs `rec_of` makes of `items`, `want_slots` slots in all (one per
+    /// one-extent iorec, two otherwise; see [`push_batch`](Self::push_batch)).
+    #[inline(always)]
+    fn push_each<T>(
+        &mut self,
+        items: &[T],
+        want_slots: u32,
+        rec_of: impl Fn(&T) -> IoRec,
+    ) -> Result<usize> {
         self.core.check()?;
-        let want = u32::try_from(recs.len()).unwrap_or(u32::MAX);
-        // Slots the whole batch takes (one per one-extent iorec, two otherwise): the consumer's
-        // index is read again whenever the cached room is short of that.
-        let want_slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
+        // The consumer's index is read again whenever the cached room is short of the batch.
         let mut room = self
             .full
             .room(want_slots)
             .map_err(|e| self.core.index_violation(e))?;
         if room < want_slots {
-            // The consumer only pops while it has room to hand buffers back: reclaim first.
-            self.reclaim()?;
-            room = self
-                .full
-                .refresh()
-                .map_err(|e| self.core.index_violation(e))?;
+            // The consumer only pops while it has room to hand buffers back: reclaim first, on
+            // one try in 32 (pushes reclaim every quarter ring anyway; reading the consumer's
+            // empty FIFO on every try would only take its cache lines away while it catches up).
+            self.full_tries = self.full_tries.wrapping_add(1);
+            if self.full_tries.is_multiple_of(32) {
+                self.reclaim()?;
+                room = self
+                    .full
+                    .refresh()
+                    .map_err(|e| self.core.index_violation(e))?;
+            }
         }
         self.full.prefetch(want_slots.min(room));
         let mut used = 0u32;
-        let mut done = 0u32;
+        let mut done = 0usize;
         let mut err = None;
-        for rec in recs {
+        // Ownership first (private stores, cache hits), then the slot stores back to back: those
+        // miss (the consumer has the lines), and x86 commits stores in order, so bookkeeping
+        // stores between them would hold the store buffer and keep their misses from overlapping.
+        for item in items {
+            let rec = rec_of(item);
             if used + rec.slots() > room {
                 break;
             }
-            if let Err(e) = self.pool.hand_out(rec) {
-                err = Some(e);
-                break;
+            match self.pool.hand_out(&rec) {
+                Ok(bufs) => self.shadow.record(bufs),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
             }
-            used += self.full.write(used, rec);
+            used += rec.slots();
             done += 1;
         }
-        if done < want && err.is_none() {
+        let mut at = 0;
+        for item in &items[..done] {
+            at += self.full.write(at, &rec_of(item));
+        }
+        if done < items.len() && err.is_none() {
             self.core.counters.full += 1;
         }
         if done > 0 {
             self.full.publish(used);
-            self.core.counters.iorecs_out += u64::from(done);
+            self.core.counters.iorecs_out += done as u64;
             self.waker.notify_peer();
             self.since_reclaim += used;
             if self.since_reclaim >= self.core.full.size / 4 {
@@ -176,7 +313,7 @@ impl Producer {
         }
         match err {
             Some(e) if done == 0 => Err(e),
-            _ => Ok(done as usize),
+            _ => Ok(done),
         }
     }
 
@@ -187,7 +324,13 @@ impl Producer {
     #[inline]
     pub fn reclaim(&mut self) -> Result<usize> {
         self.since_reclaim = 0;
-        reclaim(&mut self.core, &self.waker, &mut self.empty, &mut self.pool)
+        reclaim(
+            &mut self.core,
+            &self.waker,
+            &mut self.empty,
+            &mut self.pool,
+            &self.shadow,
+        )
     }
 
     /// Whether a push could go ahead now: room on the full FIFO and a free or reclaimable buffer.
@@ -198,6 +341,7 @@ impl Producer {
             &mut self.full,
             &mut self.empty,
             &mut self.pool,
+            &self.shadow,
         )
     }
 
@@ -209,10 +353,11 @@ impl Producer {
             full,
             empty,
             pool,
+            shadow,
             ..
         } = self;
         let waker = &*waker;
-        waker.wait(timeout, || ready(core, waker, full, empty, pool))
+        waker.wait(timeout, || ready(core, waker, full, empty, pool, shadow))
     }
 
     /// For event loops: arms the wake-up and says whether work is already there (`true`: do not
@@ -258,6 +403,7 @@ fn reclaim(
     waker: &Waker,
     empty: &mut ConsCursor,
     pool: &mut Pool,
+    shadow: &Shadow,
 ) -> Result<usize> {
     core.check()?;
     let avail = empty.refresh().map_err(|e| core.index_violation(e))?;
@@ -274,6 +420,11 @@ fn reclaim(
             Record::Truncated { count } => {
                 at += 1;
                 Err(IoRecError::Truncated { count })
+            }
+            Record::Run { first, n } => {
+                at += 1;
+                ok += shadow.take_back(core, pool, first, n);
+                continue;
             }
             // Cannot happen with `limit == avail`; stop rather than spin.
             Record::Stop => break,
@@ -300,8 +451,9 @@ fn ready(
     full: &mut ProdCursor,
     empty: &mut ConsCursor,
     pool: &mut Pool,
+    shadow: &Shadow,
 ) -> Result<bool> {
-    reclaim(core, waker, empty, pool)?;
+    reclaim(core, waker, empty, pool, shadow)?;
     Ok(full.refresh().map_err(|e| core.index_violation(e))? > 0 && pool.free_count() > 0)
 }
 
@@ -326,6 +478,22 @@ pub struct Consumer {
     /// Slots those take on the empty FIFO: `pop` only runs while the empty FIFO has room for all
     /// of them, so `release` never finds it full.
     held_slots: u32,
+    /// Push number of the next record read from the full FIFO (the producer's count, valid or
+    /// not), for run records.
+    read_seq: u32,
+    /// The popped iorecs not yet released, oldest first: a ring of the empty FIFO's size (more
+    /// cannot be held) indexed by `log_tail..log_head`, so that `release_batch` recognises an
+    /// in-order release and sends runs.
+    log: Box<[Popped]>,
+    log_tail: u32,
+    log_head: u32,
+}
+
+/// A popped iorec as the consumer remembers it: its push number and first extent.
+#[derive(Debug, Clone, Copy, Default)]
+struct Popped {
+    seq: u32,
+    first: Extent,
 }
 
 impl Consumer {
@@ -343,6 +511,10 @@ impl Consumer {
             empty: ProdCursor::new(core.empty, 0),
             held: 0,
             held_slots: 0,
+            read_seq: 0,
+            log: vec![Popped::default(); spec.slots as usize].into_boxed_slice(),
+            log_tail: 0,
+            log_head: 0,
             core,
             waker,
         })
@@ -385,21 +557,37 @@ impl Consumer {
         let mut first_err = None;
         // Every turn consumes at least one slot or stops: at most `limit` turns.
         while at < limit && k < out.len() {
-            let valid = match self.full.read(at, limit) {
-                Record::Read { rec, slots } => {
-                    at += slots;
-                    // Copied straight into the caller's array (a private copy), checked there.
-                    out[k] = rec;
-                    out[k].validate(&self.core.limits).map(|()| slots)
+            let seq = self.read_seq;
+            let first = self.full.first_slot(at);
+            let valid = if slots_of_header(first[0]) == 1 && !is_run(first[0]) {
+                // One slot (every packet today): the record's other extents are known empty.
+                at += 1;
+                out[k] = IoRec::from_first_slot(first);
+                out[k].validate(&self.core.limits).map(|()| 1)
+            } else {
+                match self.full.read_from(first, at, limit) {
+                    Record::Read { rec, slots } => {
+                        at += slots;
+                        // Copied straight into the caller's array (a private copy), checked there.
+                        out[k] = rec;
+                        out[k].validate(&self.core.limits).map(|()| slots)
+                    }
+                    Record::Truncated { count } => {
+                        at += 1;
+                        Err(IoRecError::Truncated { count })
+                    }
+                    // Only this side writes runs (on the empty FIFO).
+                    Record::Run { first, n } => {
+                        at += 1;
+                        Err(IoRecError::BadRun { first, n })
+                    }
+                    Record::Stop => break,
                 }
-                Record::Truncated { count } => {
-                    at += 1;
-                    Err(IoRecError::Truncated { count })
-                }
-                Record::Stop => break,
             };
+            self.read_seq = seq.wrapping_add(1);
             match valid {
                 Ok(slots) => {
+                    self.remember(seq, out[k].extents[0]);
                     k += 1;
                     slots_kept += slots;
                 }
@@ -455,6 +643,8 @@ impl Consumer {
     }
 
     /// Hands popped iorecs back (never `Full` while the peer's index is sane: `pop` kept room).
+    /// Iorecs released in the order they were popped go back as run records, one per stretch of
+    /// consecutive push numbers; any other order, one record per iorec.
     #[inline]
     pub fn release_batch(&mut self, recs: &[IoRec]) -> Result<()> {
         self.core.check()?;
@@ -463,6 +653,7 @@ impl Consumer {
         if n > self.held || slots > self.held_slots {
             return Err(Error::NotHeld { offset: 0, len: 0 });
         }
+        // Runs take at most one slot per iorec: the room for `slots` covers either way.
         let room = self
             .empty
             .room(slots)
@@ -470,17 +661,95 @@ impl Consumer {
         if room < slots {
             return Err(Error::Full);
         }
+        let at = match self.write_runs(recs) {
+            Some(at) => at,
+            None => self.write_each(recs, slots),
+        };
+        self.empty.publish(at);
+        self.held -= n;
+        self.held_slots -= slots;
+        if self.held == 0 {
+            // Whatever the log still has was released under another description: forget it.
+            self.log_tail = self.log_head;
+        }
+        self.core.counters.iorecs_out += u64::from(n);
+        self.waker.notify_peer();
+        Ok(())
+    }
+
+    /// Notes a popped iorec in the log (forgetting the oldest entry if it is full, which only
+    /// happens after releases of iorecs that were not popped).
+    #[inline(always)]
+    fn remember(&mut self, seq: u32, first: Extent) {
+        let mask = self.log.len() as u32 - 1;
+        self.log[(self.log_head & mask) as usize] = Popped { seq, first };
+        self.log_head = self.log_head.wrapping_add(1);
+        if distance(self.log_tail, self.log_head) > mask + 1 {
+            self.log_tail = self.log_tail.wrapping_add(1);
+        }
+    }
+
+    /// If `recs` are the oldest popped iorecs not yet released, in order (by first extent),
+    /// writes them as run records and drops them from the log; returns the slots written.
+    /// `None`: not in order, nothing to publish was written.
+    #[inline(always)]
+    fn write_runs(&mut self, recs: &[IoRec]) -> Option<u32> {
+        let mask = self.log.len() as u32 - 1;
+        if recs.is_empty() || recs.len() > distance(self.log_tail, self.log_head) as usize {
+            return None;
+        }
+        let entry = |k: usize| self.log[(self.log_tail.wrapping_add(k as u32) & mask) as usize];
+        // Push numbers only grow along the log: its oldest tells whether the producer still
+        // remembers them all (see `RUN_WINDOW`).
+        if distance(entry(0).seq, self.read_seq) > (RUN_WINDOW - 1) * (mask + 1) {
+            return None;
+        }
+        let mut at = 0;
+        let (mut first, mut run) = (entry(0).seq, 0u32);
+        for (k, rec) in recs.iter().enumerate() {
+            let p = entry(k);
+            if p.first != rec.extents[0] {
+                // Unpublished slots: the per-iorec path overwrites them.
+                return None;
+            }
+            if p.seq != first.wrapping_add(run) {
+                self.empty.write_words(at, run_words(first, run));
+                at += 1;
+                (first, run) = (p.seq, 0);
+            }
+            run += 1;
+        }
+        self.empty.write_words(at, run_words(first, run));
+        self.log_tail = self.log_tail.wrapping_add(recs.len() as u32);
+        Some(at + 1)
+    }
+
+    /// Writes one record per iorec (`slots` in all) and drops them from the log (for each, the
+    /// oldest entry with its first extent); returns the slots written.
+    #[inline(never)]
+    fn write_each(&mut self, recs: &[IoRec], slots: u32) -> u32 {
         self.empty.prefetch(slots);
         let mut at = 0;
         for rec in recs {
             at += self.empty.write(at, rec);
         }
-        self.empty.publish(at);
-        self.held -= n;
-        self.held_slots -= at;
-        self.core.counters.iorecs_out += u64::from(n);
-        self.waker.notify_peer();
-        Ok(())
+        let mask = self.log.len() as u32 - 1;
+        let mut gone: Vec<Extent> = recs.iter().map(|r| r.extents[0]).collect();
+        let mut keep = self.log_tail;
+        for k in 0..distance(self.log_tail, self.log_head) {
+            let p = self.log[(self.log_tail.wrapping_add(k) & mask) as usize];
+            match gone.iter().position(|e| *e == p.first) {
+                Some(g) => {
+                    gone.swap_remove(g);
+                }
+                None => {
+                    self.log[(keep & mask) as usize] = p;
+                    keep = keep.wrapping_add(1);
+                }
+            }
+        }
+        self.log_head = keep;
+        at
     }
 
     /// Whether `pop` would return something now.

@@ -141,6 +141,8 @@ fn a_two_slot_record_waits_for_room_to_return_it() {
         !drv.ready().unwrap(),
         "not ready: the head record does not fit"
     );
+    // Released out of order: one record (slot) per iorec, not a run.
+    held.reverse();
     drv.release_batch(&held).unwrap();
     // The seven returned slots stay on the empty FIFO until the app reclaims them: still one
     // slot of room, still no pop (and not ready, so a blocking driver sleeps instead of spinning).

@@ -231,23 +231,20 @@ fn child(args: &[String]) -> Result<(), String> {
 }
 
 fn rbuf_tput(p: &mut tmm::Producer, n: u64, batch: usize) -> Result<(), String> {
-    let mut recs = vec![IoRec::default(); batch];
     let mut exts = vec![Extent::default(); batch];
     let mut ready = 0usize;
     let mut sent = 0u64;
     while sent < n {
         let want = batch.min((n - sent) as usize);
         if ready < want {
-            let got = p
-                .alloc_batch(64, &mut exts[..want - ready])
+            ready += p
+                .alloc_batch(64, &mut exts[ready..want])
                 .map_err(|e| e.to_string())?;
-            for (r, e) in recs[ready..].iter_mut().zip(&exts[..got]) {
-                *r = IoRec::single(*e, 0);
-            }
-            ready += got;
         }
-        let k = p.push_batch(&recs[..ready]).map_err(|e| e.to_string())?;
-        recs.copy_within(k..ready, 0);
+        let k = p
+            .push_extents(&exts[..ready], 0)
+            .map_err(|e| e.to_string())?;
+        exts.copy_within(k..ready, 0);
         ready -= k;
         sent += k as u64;
         if k == 0 {
