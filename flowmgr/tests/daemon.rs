@@ -58,6 +58,8 @@ fn open_installs_filter_template_and_channels() {
     );
     assert_eq!(fib.src_mac, [2, 0x4e, 0x46, 0, 0, 1]);
     assert_eq!(fib.mtu, 1500);
+    // The open is answered while the driver installs the flow.
+    assert!(h.fake.wait_for(SEC, |s| s.flows.contains_key(&fib.flow)));
     {
         let s = h.fake.state();
         let f = &s.flows[&fib.flow];
@@ -519,7 +521,7 @@ fn hostile_clients_are_answered_or_dropped_and_fds_return_to_baseline() {
     for header in [
         *b"NF\x07\x00\x01\x00\x00\x00",
         *b"XX\x01\x00\x01\x00\x00\x00",
-        *b"NF\x01\x00\xff\xff\xff\xff",
+        *b"NF\x02\x00\xff\xff\xff\xff",
     ] {
         let s = connect();
         (&s).write_all(&header).unwrap();

@@ -17,8 +17,10 @@ use serde::Serialize;
 
 /// First two bytes of every message.
 pub const MAGIC: [u8; 2] = *b"NF";
-/// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this build speaks. Raised whenever a message's encoding changes, so that
+/// a driver, flow manager or app of another build is refused with this version in the error
+/// instead of failing to decode (2: staged channel pairs, `PortInfo::staged`, `TcpSeen::ends`).
+pub const VERSION: u16 = 2;
 /// Bytes of the header: magic (2), version (2, little endian), payload length (4, LE).
 pub const HEADER_BYTES: usize = 8;
 /// Largest payload accepted (a 4 GiB length prefix is an error, not an allocation).
@@ -484,7 +486,7 @@ mod tests {
             (b"NF\x09\x00\x00\x00\x00\x00", |e| {
                 matches!(e, WireError::Version { got: 9 })
             }),
-            (b"NF\x01\x00\xff\xff\xff\xff", |e| {
+            (b"NF\x02\x00\xff\xff\xff\xff", |e| {
                 matches!(e, WireError::TooLarge(0xffff_ffff))
             }),
         ];
