@@ -27,7 +27,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::arp::{ArpNews, Lookup};
 use crate::driver::{DriverLink, LinkError, Pipeline};
-use crate::host::{Host, HostConfig, News, SynNews, TcpLookup};
+use crate::host::{Host, HostConfig, News, SapLookup, SynNews};
 use crate::policy::Policy;
 use crate::ports::{Claim, PortError, PortTable};
 use crate::routing::{NextHop, RouteError, Routes};
@@ -2451,9 +2451,17 @@ impl<D: DriverLink> Daemon<D> {
     fn on_unmatched(&mut self, f: &[u8], now: Instant) {
         let ports = &self.ports;
         let listeners = &self.listeners;
-        let lookup = |port: u16, remote: SocketAddrV4| TcpLookup {
-            listening: listeners.contains_key(&port),
-            time_wait: ports.time_wait_of(port, remote, now),
+        let lookup = |proto: u8, port: u16, remote: SocketAddrV4| {
+            let tcp = proto == ip_proto::TCP;
+            SapLookup {
+                held: ports.holds(proto, port, remote),
+                listening: tcp && listeners.contains_key(&port),
+                time_wait: if tcp {
+                    ports.time_wait_of(port, remote, now)
+                } else {
+                    None
+                },
+            }
         };
         match self.host.on_frame(now, f, lookup, &mut self.tx) {
             Some(News::Arp(n)) => self.on_arp_news(n, now),

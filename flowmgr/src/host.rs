@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use nemflow_proto::ctl::TcpSeen;
 
+use nemflow_proto::flow::ip_proto;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Message, Icmpv4Packet,
@@ -72,6 +73,8 @@ counters! {
         echo_rate_limited,
         /// ICMP port unreachable sent for UDP no flow took.
         udp_port_unreachable,
+        /// UDP or TCP for a flow whose filter the driver was still installing: dropped.
+        for_installing_flow,
         /// ICMP protocol unreachable sent.
         proto_unreachable,
         /// RSTs sent for TCP no flow took.
@@ -202,10 +205,14 @@ enum Reply<'a> {
     },
 }
 
-/// What the daemon knows about a TCP 4-tuple that no flow took.
+/// What the daemon knows about a local port and remote (a UDP or TCP 4-tuple) that no flow took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TcpLookup {
-    /// An app listens on the local port.
+pub struct SapLookup {
+    /// A flow holds the 4-tuple: its open was answered and the driver is still installing its
+    /// filter (the only way its frames reach the host). Dropped, counted, never refused: the app
+    /// was told its port is bound.
+    pub held: bool,
+    /// An app listens on the local TCP port.
     pub listening: bool,
     /// The 4-tuple is held for TIME_WAIT; with the old connection's sequence state when the
     /// driver saw it close cleanly (`None`: it was reset or never synchronized, and segments
@@ -308,13 +315,13 @@ impl Host {
         self.arp.next_deadline()
     }
 
-    /// Handles one frame that no flow took. `tcp(local_port, remote)` says what the daemon
-    /// knows about a TCP 4-tuple. Replies are appended to `out`; news is returned.
+    /// Handles one frame that no flow took. `sap(ip_proto, local_port, remote)` says what the
+    /// daemon knows about a UDP or TCP 4-tuple. Replies are appended to `out`; news is returned.
     pub fn on_frame(
         &mut self,
         now: Instant,
         frame: &[u8],
-        tcp: impl Fn(u16, SocketAddrV4) -> TcpLookup,
+        sap: impl Fn(u8, u16, SocketAddrV4) -> SapLookup,
         out: &mut Vec<Vec<u8>>,
     ) -> Option<News> {
         self.counters.rx_frames += 1;
@@ -324,7 +331,7 @@ impl Host {
         };
         match eth.ethertype() {
             EthernetProtocol::Arp => self.on_arp(now, frame, out).map(News::Arp),
-            EthernetProtocol::Ipv4 => self.on_ipv4(now, &eth, tcp, out),
+            EthernetProtocol::Ipv4 => self.on_ipv4(now, &eth, sap, out),
             _ => {
                 self.counters.other_ethertype += 1;
                 None
@@ -407,7 +414,7 @@ impl Host {
         &mut self,
         now: Instant,
         eth: &EthernetFrame<&[u8]>,
-        tcp_lookup: impl Fn(u16, SocketAddrV4) -> TcpLookup,
+        sap: impl Fn(u8, u16, SocketAddrV4) -> SapLookup,
         out: &mut Vec<Vec<u8>>,
     ) -> Option<News> {
         let c = &mut self.counters;
@@ -499,6 +506,16 @@ impl Host {
                     self.counters.malformed += 1;
                     return None;
                 }
+                if sap(
+                    ip_proto::UDP,
+                    udp.dst_port(),
+                    SocketAddrV4::new(src, udp.src_port()),
+                )
+                .held
+                {
+                    self.counters.for_installing_flow += 1;
+                    return None;
+                }
                 if !self.errors.take(now) {
                     self.counters.errors_rate_limited += 1;
                     return None;
@@ -519,7 +536,11 @@ impl Host {
                     return None;
                 }
                 let remote = SocketAddrV4::new(src, tcp.src_port());
-                let found = tcp_lookup(tcp.dst_port(), remote);
+                let found = sap(ip_proto::TCP, tcp.dst_port(), remote);
+                if found.held {
+                    self.counters.for_installing_flow += 1;
+                    return None;
+                }
                 let seq = tcp.seq_number().0 as u32;
                 let syn = tcp.syn() && !tcp.ack() && !tcp.rst();
                 if tcp.rst() {
@@ -688,7 +709,7 @@ impl Host {
     /// Refuses a SYN the daemon called an app back for (the app rejected it): RST|ACK with
     /// `ack = SEG.SEQ + 1`, as for a closed port. Rate limited like every error reply.
     pub fn refuse_syn(&mut self, now: Instant, syn: &[u8], out: &mut Vec<Vec<u8>>) {
-        self.on_frame(now, syn, |_, _| TcpLookup::default(), out);
+        self.on_frame(now, syn, |_, _, _| SapLookup::default(), out);
         // Counted as a frame by `on_frame`; it was not received twice.
         self.counters.rx_frames = self.counters.rx_frames.saturating_sub(1);
     }
@@ -845,14 +866,19 @@ mod tests {
 
     fn run(h: &mut Host, frame: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        h.on_frame(Instant::now(), frame, |_, _| TcpLookup::default(), &mut out);
+        h.on_frame(
+            Instant::now(),
+            frame,
+            |_, _, _| SapLookup::default(),
+            &mut out,
+        );
         out
     }
 
     /// `run` with what the daemon knows about TCP 4-tuples.
-    fn run_tcp(h: &mut Host, frame: &[u8], lookup: TcpLookup) -> (Vec<Vec<u8>>, Option<News>) {
+    fn run_tcp(h: &mut Host, frame: &[u8], lookup: SapLookup) -> (Vec<Vec<u8>>, Option<News>) {
         let mut out = Vec::new();
-        let news = h.on_frame(Instant::now(), frame, |_, _| lookup, &mut out);
+        let news = h.on_frame(Instant::now(), frame, |_, _, _| lookup, &mut out);
         (out, news)
     }
 
@@ -918,7 +944,7 @@ mod tests {
         assert_eq!(out.len(), 1, "retry");
         let reply = arp::frame(MAC, false, PEER_MAC, PEER, MAC, US);
         let mut none = Vec::new();
-        let news = h.on_frame(t0, &reply, |_, _| TcpLookup::default(), &mut none);
+        let news = h.on_frame(t0, &reply, |_, _, _| SapLookup::default(), &mut none);
         assert!(matches!(
             news,
             Some(News::Arp(ArpNews::Resolved {
@@ -951,6 +977,54 @@ mod tests {
         assert_eq!((icmp.echo_ident(), icmp.echo_seq_no()), (7, 9));
         assert_eq!(icmp.data(), b"ping data");
         assert_eq!(h.counters().echo_replies, 1);
+    }
+
+    #[test]
+    fn a_flow_being_installed_drops_its_early_frames_without_refusing_them() {
+        let mut h = host();
+        let held = SapLookup {
+            held: true,
+            ..SapLookup::default()
+        };
+        let dgram = ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Udp,
+            &udp(PEER, US, 5555, 9, b"early"),
+            0,
+            false,
+        );
+        let mut out = Vec::new();
+        assert!(h
+            .on_frame(Instant::now(), &dgram, |_, _, _| held, &mut out)
+            .is_none());
+        let (rst, _) = run_tcp(&mut h, &seg(1, 77, TcpSeen::ACK), held);
+        assert!(
+            out.is_empty() && rst.is_empty(),
+            "neither refused nor reset"
+        );
+        assert_eq!(h.counters().for_installing_flow, 2);
+        assert_eq!(
+            h.counters().udp_port_unreachable + h.counters().tcp_resets,
+            0
+        );
+        // The lookup is asked about the datagram's own 4-tuple.
+        let asked = std::cell::Cell::new(None);
+        h.on_frame(
+            Instant::now(),
+            &dgram,
+            |proto, port, remote| {
+                asked.set(Some((proto, port, remote)));
+                SapLookup::default()
+            },
+            &mut out,
+        );
+        assert_eq!(
+            asked.get(),
+            Some((ip_proto::UDP, 9, SocketAddrV4::new(PEER, 5555)))
+        );
+        assert_eq!(h.counters().udp_port_unreachable, 1);
     }
 
     #[test]
@@ -1078,9 +1152,10 @@ mod tests {
     #[test]
     fn a_syn_to_a_listener_is_news_not_a_reset() {
         let mut h = host();
-        let listening = TcpLookup {
+        let listening = SapLookup {
             listening: true,
             time_wait: None,
+            held: false,
         };
         let syn = seg(1000, 0, TcpSeen::SYN);
         let (out, news) = run_tcp(&mut h, &syn, listening);
@@ -1127,9 +1202,10 @@ mod tests {
             rx_flags: TcpSeen::SYN | TcpSeen::ACK | TcpSeen::FIN,
             ends: None,
         };
-        let tw = |listening| TcpLookup {
+        let tw = |listening| SapLookup {
             listening,
             time_wait: Some(Some(state)),
+            held: false,
         };
         // The peer lost our last ACK and sends its FIN again: the final ACK again.
         let (out, news) = run_tcp(
@@ -1168,9 +1244,10 @@ mod tests {
         assert_eq!(ack, TcpSeqNumber(9001 + 100_001));
         // A hold without sequence state (the connection was reset): closed-port answers, and a
         // SYN to a listener reopens it without an ISN bound.
-        let reset = |listening| TcpLookup {
+        let reset = |listening| SapLookup {
             listening,
             time_wait: Some(None),
+            held: false,
         };
         let (out, _) = run_tcp(&mut h, &seg(1, 77, TcpSeen::ACK), reset(false));
         let (seq, _, rst, _, _) = reply_tcp(&out[0]);
@@ -1335,7 +1412,7 @@ mod tests {
         let t = Instant::now();
         let mut out = Vec::new();
         for _ in 0..80 {
-            h.on_frame(t, &f, |_, _| TcpLookup::default(), &mut out);
+            h.on_frame(t, &f, |_, _, _| SapLookup::default(), &mut out);
         }
         assert_eq!(out.len(), 50, "the burst");
         assert_eq!(h.counters().errors_rate_limited, 30);
@@ -1345,7 +1422,7 @@ mod tests {
             h.on_frame(
                 t + Duration::from_secs(1),
                 &f,
-                |_, _| TcpLookup::default(),
+                |_, _, _| SapLookup::default(),
                 &mut out,
             );
         }

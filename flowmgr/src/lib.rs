@@ -13,7 +13,9 @@
 //! no filter matched, and it answers ARP for the host's address, resolves next hops, replies to
 //! ICMP echo, and sends ICMP port unreachable for unmatched UDP and RST for unmatched TCP — rate
 //! limited, and never to an ICMP error, an RST, a broadcast or multicast, a later fragment or an
-//! invalid source (RFC 1122 §3.2.2, §4.2.2.13).
+//! invalid source (RFC 1122 §3.2.2, §4.2.2.13). An open is answered while the driver still
+//! installs its filter; a datagram or segment for the flow that comes in that window reaches
+//! the host flow and is dropped (counted in `for_installing_flow`), not refused.
 //!
 //! # Rooms
 //! - [`client`]: the library apps link (always built; small: proto, rbuf, rustix, thiserror).

@@ -307,6 +307,14 @@ impl PortTable {
         }
     }
 
+    /// Whether a flow holds `port` for datagrams or segments from `remote` (bound, or connected
+    /// to `remote`; a listen registration is not a flow).
+    pub fn holds(&self, proto: u8, port: u16, remote: SocketAddrV4) -> bool {
+        self.uses
+            .get(&(proto, port))
+            .is_some_and(|u| u.bound || u.connected.contains(&remote))
+    }
+
     /// Whether a client listens on TCP `port`.
     pub fn is_listening(&self, port: u16) -> bool {
         self.uses

@@ -16,6 +16,7 @@ use nemflow_proto::flow::{Filter, TemplateKind};
 use nemflow_proto::wire;
 use nemflow_proto::{FlowId, Qos};
 use nemflow_rbuf::IoRec;
+use nemflow_testkit::frames::UdpFrame;
 
 fn kind(e: ClientError) -> AppErrorKind {
     e.kind().unwrap_or_else(|| panic!("not a refusal: {e}"))
@@ -697,6 +698,39 @@ fn the_host_flow_answers_ping_and_closed_ports() {
             |f| nemflow_flowmgr::arp::parse(f).is_ok_and(|a| !a.request && a.tha == PEER_MAC)
         )));
     assert!(h.counter("arp_replies_sent") >= 1);
+}
+
+#[test]
+fn a_datagram_that_beats_the_drivers_install_is_dropped_not_refused() {
+    let h = Harness::start("");
+    let mut c = h.client();
+    let f = c.open(&OpenFlow::udp(5000, None)).unwrap();
+    // The open is answered while the driver installs the filter: a datagram for the port in
+    // that window reaches the host flow. The app was told its port is bound, so it is not
+    // refused. (The fake driver delivers injected frames to the host flow, as a driver without
+    // the filter would.)
+    let dgram = UdpFrame::new(
+        SocketAddrV4::new(PEER, 7000),
+        SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 1), 5000),
+        b"early",
+    )
+    .build();
+    let is_icmp = |f: &[u8]| f.len() > 23 && f[12..14] == [8, 0] && f[23] == 1;
+    h.fake.take_sent();
+    h.fake.inject(dgram.clone());
+    let deadline = Instant::now() + SEC;
+    while h.counter("for_installing_flow") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(h.counter("for_installing_flow"), 1);
+    assert_eq!(h.counter("udp_port_unreachable"), 0);
+    assert!(!h.fake.state().sent.iter().any(|f| is_icmp(f)));
+    // Once the flow is closed, the port is closed: the same datagram is refused.
+    c.close(f.id()).unwrap();
+    h.fake.inject(dgram);
+    assert!(h.fake.wait_for(SEC, |s| s.sent.iter().any(|f| is_icmp(f))));
+    assert_eq!(h.counter("udp_port_unreachable"), 1);
+    assert_eq!(h.counter("for_installing_flow"), 1);
 }
 
 #[test]
