@@ -361,6 +361,8 @@ pub struct Daemon<D: DriverLink> {
     staging: bool,
     /// No staging before then (the factory had no pair ready last time).
     stage_after: Instant,
+    /// No staging before then either, unless nothing is staged (see [`STAGE_QUIET`]).
+    quiet_until: Instant,
 }
 
 /// How many channel pairs the flow manager keeps staged in the driver.
@@ -381,6 +383,11 @@ enum InFlight {
 /// How long replies to requests sent ahead may wait unread (read at once when a request needs
 /// them: an open taking a staged pair, any call; the driver has answered long before).
 const SETTLE_WHEN_IDLE: Duration = Duration::from_millis(1);
+
+/// How long after a client's request the loop stages no pair while one is staged: staging's
+/// work, and the driver's in attaching the pair, would otherwise compete for the CPUs with the
+/// app the reply just woke, while it attaches its own channels.
+const STAGE_QUIET: Duration = Duration::from_micros(300);
 
 /// How long staging waits when the channel factory had no pair ready.
 const FACTORY_RETRY: Duration = Duration::from_millis(1);
@@ -767,6 +774,7 @@ impl<D: DriverLink> Daemon<D> {
             next_staged: 0,
             staging: true,
             stage_after: Instant::now(),
+            quiet_until: Instant::now(),
         };
         d.default_spec = d
             .channel_spec(0, 0, "default")
@@ -935,7 +943,7 @@ impl<D: DriverLink> Daemon<D> {
             if stage {
                 // A pair is staged by the first turn that finds nothing else to do (once the
                 // factory has one).
-                t.min(self.stage_after.saturating_duration_since(now))
+                t.min(self.stage_at().saturating_duration_since(now))
             } else {
                 t
             }
@@ -1037,6 +1045,9 @@ impl<D: DriverLink> Daemon<D> {
             if ev.is_empty() {
                 continue;
             }
+            if ev.contains(PollFlags::IN) {
+                self.quiet_until = now + STAGE_QUIET;
+            }
             self.on_client(cid, ev, now);
             if self.fatal.is_some() {
                 break;
@@ -1091,12 +1102,21 @@ impl<D: DriverLink> Daemon<D> {
         self.staging && self.staged.len() + staging < STAGED_PAIRS
     }
 
+    /// When the loop may stage next.
+    fn stage_at(&self) -> Instant {
+        if self.staged.is_empty() {
+            self.stage_after
+        } else {
+            self.stage_after.max(self.quiet_until)
+        }
+    }
+
     /// Sends the driver one channel pair of the default geometry, if the factory has one ready,
     /// for a later open; the loop does not wait for the driver to attach it. A refusal turns
     /// staging off (an older driver, or one short of resources: opens then hand it their own
     /// channels, as before).
     fn stage_one(&mut self, now: Instant) {
-        if now < self.stage_after {
+        if now < self.stage_at() {
             return;
         }
         let Ok((tx, rx, app_rx)) = self.spare.try_recv() else {
