@@ -345,6 +345,11 @@ pub struct Daemon<D: DriverLink> {
     fatal: Option<String>,
     /// Flows to remove once the current reply is sent.
     deferred: Vec<FlowId>,
+    /// `InstallStaged` requests to send the driver once the open's reply is sent: the app,
+    /// woken by the reply, attaches its channels meanwhile, and the driver, woken by the
+    /// request, does not compete with it for a CPU before it is on its way. Sent before anything
+    /// else goes to the driver (see [`Daemon::send_installs`]).
+    installs: Vec<(FlowId, DriverRequest)>,
     /// Listening TCP ports.
     listeners: BTreeMap<u16, Listener>,
     /// Channel pairs (tx, rx, rx read-only) of the default geometry, made ahead of time by a
@@ -767,6 +772,7 @@ impl<D: DriverLink> Daemon<D> {
             tx: Vec::new(),
             fatal: None,
             deferred: Vec::new(),
+            installs: Vec::new(),
             listeners: BTreeMap::new(),
             spare: sync_channel(0).1,
             default_spec: spec,
@@ -1402,6 +1408,21 @@ impl<D: DriverLink> Daemon<D> {
         }
     }
 
+    /// Sends the driver the `InstallStaged` requests of opens answered (or being answered).
+    /// Every path to the driver other than an open's reply calls this first, so the driver
+    /// sees them in order. A failure ends the loop, as a failed call does.
+    fn send_installs(&mut self) {
+        for (id, req) in std::mem::take(&mut self.installs) {
+            if self.fatal.is_some() {
+                break;
+            }
+            match self.driver.send(&req, &[]) {
+                Ok(s) => s.tag(InFlight::Install(id)),
+                Err(e) => self.fatal = Some(e.to_string()),
+            }
+        }
+    }
+
     fn reply(&mut self, cid: u64, r: Result<(AppReply, Vec<OwnedFd>), AppError>) {
         let (msg, fds) = match r {
             Ok((rep, fds)) => (ServerMsg::Reply(rep), fds),
@@ -1416,6 +1437,7 @@ impl<D: DriverLink> Daemon<D> {
             }
         };
         self.queue(cid, &msg, fds);
+        self.send_installs();
     }
 
     fn send_event(&mut self, cid: u64, ev: AppEvent) {
@@ -1495,6 +1517,8 @@ impl<D: DriverLink> Daemon<D> {
 
     /// Removes an installed flow everywhere.
     fn teardown(&mut self, fid: FlowId, driver_ok: bool) {
+        // A reply that could not be sent (its client is being dropped) left its install here.
+        self.send_installs();
         let Some(f) = self.flows.remove(&fid) else {
             return;
         };
@@ -2198,12 +2222,8 @@ impl<D: DriverLink> Daemon<D> {
                     template,
                     qos: p.qos,
                 };
-                let sent = self
-                    .driver
-                    .send(&req, &[])
-                    .map(|s| s.tag(InFlight::Install(p.id)))
-                    .map(|()| DriverReply::Ok);
-                (pair.tx, pair.rx, sent)
+                self.installs.push((p.id, req));
+                (pair.tx, pair.rx, Ok(DriverReply::Ok))
             }
             None => {
                 let (tx, rx, app_rx) = self.channels(&p.tx, &p.rx).map_err(no_mem)?;
