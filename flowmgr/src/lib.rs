@@ -46,14 +46,17 @@
 //!
 //! # Flow set-up off the open's path
 //! Making a flow's two channels and having the driver check and map them costs far more than
-//! the open's own bookkeeping, so both happen before the open: the factory makes pairs, and the
-//! first turn of the loop with nothing else to do hands one to the driver (`StageChannels`,
+//! the open's own bookkeeping, so both happen before the open: the factory makes pairs, and a
+//! turn of the loop with nothing else to do hands one to the driver (`StageChannels`,
 //! [`nemflow_proto::ctl`]), which attaches it and keeps it for a later flow; a few stay staged.
-//! An open of the default geometry then takes a staged pair and sends the driver only the
-//! filter, template and QoS (`InstallStaged`). The driver serves requests in order, so that
+//! While one is staged, staging waits until 300 µs after the last request, so that it does not
+//! compete with an app that is attaching the channels it was just given. An open of the default
+//! geometry then takes a staged pair and sends the driver only the filter, template and QoS
+//! (`InstallStaged`), right after the open's reply. The driver serves requests in order, so that
 //! request, like `StageChannels` and a close's `RemoveFlow`, is sent without waiting for its
 //! reply: the open is answered while the driver installs the filter, and nothing the flow
-//! manager asks later can overtake it. Replies are read when a request needs them (an open that
+//! manager asks later can overtake it. A datagram that reaches the host flow in that window is
+//! dropped and counted (`for_installing_flow`), not refused. Replies are read when a request needs them (an open that
 //! takes a pair still being staged, any call that waits) or after 1 ms; meanwhile the loop
 //! polls the driver's connection for its end only, so a reply costs no wake-up of its own. The
 //! flow manager has made every check the driver makes on an install (port, filter, admission),
