@@ -18,7 +18,7 @@ use crate::channel::{ChannelFds, Core, FdSource, Side};
 use crate::counters::Counters;
 use crate::error::{Error, IoRecError, Result};
 use crate::event::Waker;
-use crate::iorec::{is_run, run_words, slots_of_header, Extent, IoRec, RUN_WINDOW};
+use crate::iorec::{is_run, run_words, slots_of_header, Extent, IoRec, Limits, RUN_WINDOW};
 use crate::pool::{Pool, NO_BUF};
 use crate::ring::{distance, ConsCursor, ProdCursor, Record};
 use crate::spec::ChannelSpec;
@@ -551,9 +551,12 @@ impl Consumer {
             want,
         )?;
         self.full.prefetch(limit.min(want));
-        let mut k = 0;
-        let mut at = 0;
-        let mut slots_kept = 0;
+        // One-slot iorecs of one extent that pass validation (every packet today), in a loop of
+        // their own with everything in registers; it stops at anything else, which the general
+        // loop below takes from there.
+        let mut k = self.pop_plain(out, limit);
+        let mut at = k as u32;
+        let mut slots_kept = at;
         let mut first_err = None;
         // Every turn consumes at least one slot or stops: at most `limit` turns.
         while at < limit && k < out.len() {
@@ -611,6 +614,48 @@ impl Consumer {
             Some(e) => Err(e),
             None => Ok(k),
         }
+    }
+
+    /// Pops the leading one-slot, one-extent iorecs that are valid (at most `limit` slots and
+    /// `out.len()` iorecs) into `out` and the log; returns how many. The first record of any
+    /// other kind, or invalid, stops it and is left for the general loop of `pop_records`.
+    #[inline(always)]
+    fn pop_plain(&mut self, out: &mut [IoRec], limit: u32) -> usize {
+        let n = out.len().min(limit as usize);
+        let Limits {
+            data_bytes,
+            max_packet_bytes,
+        } = self.core.limits;
+        let mask = self.log.len() as u32 - 1;
+        let (seq, head) = (self.read_seq, self.log_head);
+        let mut k = 0;
+        while k < n {
+            let w = self.full.first_slot(k as u32);
+            let e = Extent::from_word(w[1]);
+            // Count 1 and kind 0 in the header; the extent inside the data area (one 64-bit sum:
+            // no overflow) and no longer than a packet, as `IoRec::validate` checks it.
+            if (w[0] as u32) >> 16 != 1
+                || u64::from(e.offset) + u64::from(e.len) > data_bytes
+                || e.len > max_packet_bytes
+            {
+                break;
+            }
+            out[k] = IoRec::single(e, w[0] as u16);
+            let i = k as u32;
+            self.log[(head.wrapping_add(i) & mask) as usize] = Popped {
+                seq: seq.wrapping_add(i),
+                first: e,
+            };
+            k += 1;
+        }
+        let i = k as u32;
+        self.read_seq = seq.wrapping_add(i);
+        self.log_head = head.wrapping_add(i);
+        // A full log forgets its oldest entries (see `remember`).
+        if distance(self.log_tail, self.log_head) > mask + 1 {
+            self.log_tail = self.log_head.wrapping_sub(mask + 1);
+        }
+        k
     }
 
     /// Copies the bytes of `rec`'s extents, in order, into `dst`; returns the length. The bytes
