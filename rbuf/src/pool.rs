@@ -169,6 +169,19 @@ impl Pool {
         Ok(bufs)
     }
 
+    /// HELD → OUT for the buffer of a one-extent iorec (caller's); returns the buffer, `None`
+    /// (nothing changed) if `e` is not inside a held buffer.
+    #[inline(always)]
+    pub(crate) fn hand_out_extent(&mut self, e: &Extent) -> Option<u32> {
+        let b = self.buffer_of(e)?;
+        let s = self.state.get_mut(b as usize)?;
+        if *s != HELD {
+            return None;
+        }
+        *s = OUT;
+        Some(b)
+    }
+
     /// OUT → HELD for every buffer of `rec` (peer's iorec; all or nothing).
     #[inline(always)]
     pub(crate) fn take_back(&mut self, rec: &IoRec) -> std::result::Result<(), IoRecError> {
@@ -219,38 +232,37 @@ impl Pool {
         Ok(())
     }
 
-    /// OUT → FREE for each buffer `bufs` yields, known by index (the master's own record of what
-    /// it pushed: a TMM reclaim by push number), with the stack's length in a register; returns
-    /// how many were out, after calling `not_out` with each that was not.
+    /// OUT → FREE for the buffers `ring[(start + k) % ring.len()]`, `k = 0, 1, …` up to `n` (the
+    /// master's shadow of what it pushed, by push number: a TMM run), stopping at the first
+    /// entry that is not an out buffer's index; returns how many it freed (`n` if all). One plain
+    /// loop with everything in registers (an iterator and callbacks kept the free stack's length
+    /// on the stack). `ring`'s length must be a power of two.
     #[inline(always)]
-    pub(crate) fn free_out_each(
-        &mut self,
-        bufs: impl Iterator<Item = u32>,
-        mut not_out: impl FnMut(u32),
-    ) -> u32 {
+    pub(crate) fn free_out_run(&mut self, ring: &[u32], start: usize, n: usize) -> usize {
+        let mask = ring.len().wrapping_sub(1);
         let (state, free) = (&mut self.state[..], &mut self.free[..]);
         let mut len = self.free_len;
-        let mut ok = 0;
-        for b in bufs {
+        let mut k = 0;
+        while k < n {
+            let b = ring[start.wrapping_add(k) & mask];
             match state.get_mut(b as usize) {
-                Some(s) if *s == OUT => {
-                    *s = FREE;
-                    // Always room (see `free`).
-                    if let Some(f) = free.get_mut(len) {
-                        *f = b;
-                        len += 1;
-                    }
-                    ok += 1;
-                }
-                _ => not_out(b),
+                Some(s) if *s == OUT => *s = FREE,
+                _ => break,
             }
+            // Always room (see `free`).
+            if let Some(f) = free.get_mut(len) {
+                *f = b;
+                len += 1;
+            }
+            k += 1;
         }
         self.free_len = len;
-        ok
+        k
     }
 
-    /// [`free_out_each`](Self::free_out_each) for the buffers of one iorec ([`NO_BUF`] after the
-    /// last), all or nothing; else the first that is not out.
+    /// OUT → FREE for the buffers of one iorec known by index ([`NO_BUF`] after the last; the
+    /// master's shadow of an iorec of several buffers), all or nothing; else the first that is
+    /// not out.
     pub(crate) fn free_out_all(&mut self, bufs: [u32; 3]) -> std::result::Result<(), IoRecError> {
         let n = bufs.iter().position(|&b| b == NO_BUF).unwrap_or(bufs.len());
         for (index, &b) in bufs[..n].iter().enumerate() {
@@ -262,7 +274,10 @@ impl Pool {
                 });
             }
         }
-        self.free_out_each(bufs[..n].iter().copied(), |_| {});
+        for &b in &bufs[..n] {
+            self.state[b as usize] = FREE;
+            self.push_free(b);
+        }
         Ok(())
     }
 

@@ -98,37 +98,35 @@ impl Shadow {
             return 0;
         }
         // At most `len` ≤ 2^18 iorecs (checked above). One-buffer iorecs in one tight loop; an
-        // entry with MORE is no buffer index (≥ 2^31), so that loop leaves it to a second pass.
-        let seqs = (0..n).map(|k| first.wrapping_add(k));
-        let (buf_bytes, buf_len) = (pool.buf_bytes(), pool.buf_len());
-        let mut count = |e| {
-            core.invalid(e);
-        };
-        let mut more = false;
-        let mut ok = pool.free_out_each(seqs.clone().map(|s| self.first[self.at(s)]), |b| {
-            if b & MORE == 0 {
-                count(IoRecError::NotOwned {
-                    index: 0,
-                    offset: b.wrapping_mul(buf_bytes),
-                    len: buf_len,
-                });
-            } else {
-                more = true;
+        // entry with MORE is no buffer index (≥ 2^31), so that loop stops there and leaves it,
+        // or a buffer that is not out, to the code below, then goes on after it.
+        let (n, mut k, mut ok) = (n as usize, 0usize, 0usize);
+        loop {
+            let freed = pool.free_out_run(&self.first, (first as usize).wrapping_add(k), n - k);
+            (k, ok) = (k + freed, ok + freed);
+            if k == n {
+                return ok;
             }
-        }) as usize;
-        if more {
-            for i in seqs
-                .map(|s| self.at(s))
-                .filter(|&i| self.first[i] & MORE != 0)
-            {
+            let i = self.at(first.wrapping_add(k as u32));
+            let b = self.first[i];
+            let taken = if b & MORE == 0 {
+                Err(IoRecError::NotOwned {
+                    index: 0,
+                    offset: b.wrapping_mul(pool.buf_bytes()),
+                    len: pool.buf_len(),
+                })
+            } else {
                 let [b1, b2] = self.more[i];
-                match pool.free_out_all([self.first[i] & !MORE, b1, b2]) {
-                    Ok(()) => ok += 1,
-                    Err(e) => count(e),
+                pool.free_out_all([b & !MORE, b1, b2])
+            };
+            match taken {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    core.invalid(e);
                 }
             }
+            k += 1;
         }
-        ok
     }
 }
 
@@ -241,21 +239,50 @@ impl Producer {
     /// written), all with `flags`: no [`IoRec`] to build per packet.
     #[inline]
     pub fn push_extents(&mut self, extents: &[Extent], flags: u16) -> Result<usize> {
-        let slots = u32::try_from(extents.len()).unwrap_or(u32::MAX);
-        self.push_each(extents, slots, |e| IoRec::single(*e, flags))
+        self.core.check()?;
+        let want = u32::try_from(extents.len()).unwrap_or(u32::MAX);
+        let room = self.room_for(want)?;
+        let n = extents.len().min(room as usize);
+        self.full.prefetch(n as u32);
+        // One slot per iorec: ownership first, in a loop of its own (each buffer HELD → OUT and
+        // noted in the shadow), then the slot stores back to back (see `push_each`).
+        let Producer {
+            pool, shadow, full, ..
+        } = self;
+        let mask = shadow.first.len() - 1;
+        let pushed = shadow.pushed as usize;
+        let mut done = 0;
+        for e in &extents[..n] {
+            let Some(b) = pool.hand_out_extent(e) else {
+                break;
+            };
+            shadow.first[pushed.wrapping_add(done) & mask] = b;
+            done += 1;
+        }
+        shadow.pushed += done as u64;
+        let header = IoRec::single(Extent::default(), flags).header_word();
+        for (i, e) in extents[..done].iter().enumerate() {
+            full.write_words(i as u32, [header, e.word()]);
+        }
+        if done < n {
+            if done == 0 {
+                let e = extents[0];
+                return Err(Error::NotHeld {
+                    offset: e.offset,
+                    len: e.len,
+                });
+            }
+        } else if done < extents.len() {
+            self.core.counters.full += 1;
+        }
+        self.published(done, done as u32)?;
+        Ok(done)
     }
 
-    /// Pushes the iorecs `rec_of` makes of `items`, `want_slots` slots in all (one per
-    /// one-extent iorec, two otherwise; see [`push_batch`](Self::push_batch)).
+    /// Free slots on the full FIFO for a push of `want_slots` (the consumer's index is read again
+    /// whenever the cached room is short of them).
     #[inline(always)]
-    fn push_each<T>(
-        &mut self,
-        items: &[T],
-        want_slots: u32,
-        rec_of: impl Fn(&T) -> IoRec,
-    ) -> Result<usize> {
-        self.core.check()?;
-        // The consumer's index is read again whenever the cached room is short of the batch.
+    fn room_for(&mut self, want_slots: u32) -> Result<u32> {
         let mut room = self
             .full
             .room(want_slots)
@@ -273,6 +300,36 @@ impl Producer {
                     .map_err(|e| self.core.index_violation(e))?;
             }
         }
+        Ok(room)
+    }
+
+    /// Publishes `done` iorecs written in `used` slots (if any), wakes the consumer and reclaims
+    /// every quarter ring.
+    #[inline(always)]
+    fn published(&mut self, done: usize, used: u32) -> Result<()> {
+        if done > 0 {
+            self.full.publish(used);
+            self.core.counters.iorecs_out += done as u64;
+            self.waker.notify_peer();
+            self.since_reclaim += used;
+            if self.since_reclaim >= self.core.full.size / 4 {
+                self.reclaim()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes the iorecs `rec_of` makes of `items`, `want_slots` slots in all (one per
+    /// one-extent iorec, two otherwise; see [`push_batch`](Self::push_batch)).
+    #[inline(always)]
+    fn push_each<T>(
+        &mut self,
+        items: &[T],
+        want_slots: u32,
+        rec_of: impl Fn(&T) -> IoRec,
+    ) -> Result<usize> {
+        self.core.check()?;
+        let room = self.room_for(want_slots)?;
         self.full.prefetch(want_slots.min(room));
         let mut used = 0u32;
         let mut done = 0usize;
@@ -302,15 +359,7 @@ impl Producer {
         if done < items.len() && err.is_none() {
             self.core.counters.full += 1;
         }
-        if done > 0 {
-            self.full.publish(used);
-            self.core.counters.iorecs_out += done as u64;
-            self.waker.notify_peer();
-            self.since_reclaim += used;
-            if self.since_reclaim >= self.core.full.size / 4 {
-                self.reclaim()?;
-            }
-        }
+        self.published(done, used)?;
         match err {
             Some(e) if done == 0 => Err(e),
             _ => Ok(done),
