@@ -169,17 +169,46 @@ impl Pool {
         Ok(bufs)
     }
 
-    /// HELD → OUT for the buffer of a one-extent iorec (caller's); returns the buffer, `None`
-    /// (nothing changed) if `e` is not inside a held buffer.
+    /// HELD → OUT for the buffers of one-extent iorecs (the caller's), in order, each noted in
+    /// `shadow[(start + k) % shadow.len()]`, stopping at the first extent that is not inside a
+    /// held buffer; returns how many it handed out. The pool's fields are copied into locals
+    /// first (the compiler reloaded them around every state store). `shadow`'s length must be a
+    /// power of two.
     #[inline(always)]
-    pub(crate) fn hand_out_extent(&mut self, e: &Extent) -> Option<u32> {
-        let b = self.buffer_of(e)?;
-        let s = self.state.get_mut(b as usize)?;
-        if *s != HELD {
-            return None;
+    pub(crate) fn hand_out_extents(
+        &mut self,
+        extents: &[Extent],
+        shadow: &mut [u32],
+        start: usize,
+    ) -> usize {
+        let (buf_bytes, buf_len) = (self.buf_bytes, u64::from(self.buf_len));
+        let state = &mut self.state[..];
+        let mask = shadow.len().wrapping_sub(1);
+        // Buffer index and offset in the buffer: a shift and a mask for the usual power-of-two
+        // spacing.
+        let mut run = |split: &dyn Fn(u32) -> (u32, u32)| {
+            let mut k = 0;
+            for e in extents {
+                let (b, within) = split(e.offset);
+                // Inside the buffer (64-bit: no overflow), and held.
+                if u64::from(within) + u64::from(e.len) > buf_len {
+                    break;
+                }
+                match state.get_mut(b as usize) {
+                    Some(s) if *s == HELD => *s = OUT,
+                    _ => break,
+                }
+                if let Some(sh) = shadow.get_mut(start.wrapping_add(k) & mask) {
+                    *sh = b;
+                }
+                k += 1;
+            }
+            k
+        };
+        match self.shift {
+            Some(sh) => run(&|off| (off >> sh, off & (buf_bytes - 1))),
+            None => run(&|off| (off / buf_bytes, off % buf_bytes)),
         }
-        *s = OUT;
-        Some(b)
     }
 
     /// OUT → HELD for every buffer of `rec` (peer's iorec; all or nothing).

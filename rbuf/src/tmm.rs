@@ -249,21 +249,12 @@ impl Producer {
         let Producer {
             pool, shadow, full, ..
         } = self;
-        let mask = shadow.first.len() - 1;
-        let pushed = shadow.pushed as usize;
-        let mut done = 0;
-        for e in &extents[..n] {
-            let Some(b) = pool.hand_out_extent(e) else {
-                break;
-            };
-            shadow.first[pushed.wrapping_add(done) & mask] = b;
-            done += 1;
-        }
+        let done = pool.hand_out_extents(&extents[..n], &mut shadow.first, shadow.pushed as usize);
         shadow.pushed += done as u64;
-        let header = IoRec::single(Extent::default(), flags).header_word();
-        for (i, e) in extents[..done].iter().enumerate() {
-            full.write_words(i as u32, [header, e.word()]);
-        }
+        full.write_singles(
+            IoRec::single(Extent::default(), flags).header_word(),
+            &extents[..done],
+        );
         if done < n {
             if done == 0 {
                 let e = extents[0];
@@ -743,21 +734,34 @@ impl Consumer {
     pub fn release_batch(&mut self, recs: &[IoRec]) -> Result<()> {
         self.core.check()?;
         let n = u32::try_from(recs.len()).unwrap_or(u32::MAX);
-        let slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
-        if n > self.held || slots > self.held_slots {
+        if n > self.held {
             return Err(Error::NotHeld { offset: 0, len: 0 });
         }
-        // Runs take at most one slot per iorec: the room for `slots` covers either way.
+        // In pop order (the usual case): runs, at most one slot per iorec, and the iorecs' slots
+        // counted on the way.
         let room = self
             .empty
-            .room(slots)
+            .room(n)
             .map_err(|e| self.core.index_violation(e))?;
-        if room < slots {
-            return Err(Error::Full);
-        }
-        let at = match self.write_runs(recs) {
-            Some(at) => at,
-            None => self.write_each(recs, slots),
+        let (at, slots) = match (room >= n).then(|| self.write_runs(recs)).flatten() {
+            Some((at, slots)) if slots <= self.held_slots => {
+                self.log_tail = self.log_tail.wrapping_add(n);
+                (at, slots)
+            }
+            _ => {
+                let slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
+                if slots > self.held_slots {
+                    return Err(Error::NotHeld { offset: 0, len: 0 });
+                }
+                let room = self
+                    .empty
+                    .room(slots)
+                    .map_err(|e| self.core.index_violation(e))?;
+                if room < slots {
+                    return Err(Error::Full);
+                }
+                (self.write_each(recs, slots), slots)
+            }
         };
         self.empty.publish(at);
         self.held -= n;
@@ -784,22 +788,43 @@ impl Consumer {
     }
 
     /// If `recs` are the oldest popped iorecs not yet released, in order (by first extent),
-    /// writes them as run records and drops them from the log; returns the slots written.
-    /// `None`: not in order, nothing to publish was written.
+    /// writes them as run records (the caller checked room for one slot per iorec); returns the
+    /// slots written and the slots the iorecs took on the full FIFO. The caller drops them from
+    /// the log. `None`: not in order, nothing to publish was written.
     #[inline(always)]
-    fn write_runs(&mut self, recs: &[IoRec]) -> Option<u32> {
+    fn write_runs(&self, recs: &[IoRec]) -> Option<(u32, u32)> {
         let mask = self.log.len() as u32 - 1;
-        if recs.is_empty() || recs.len() > distance(self.log_tail, self.log_head) as usize {
+        let tail = self.log_tail;
+        if recs.is_empty() || recs.len() > distance(tail, self.log_head) as usize {
             return None;
         }
-        let entry = |k: usize| self.log[(self.log_tail.wrapping_add(k as u32) & mask) as usize];
+        let log = &self.log[..];
+        let entry = |k: usize| log[(tail.wrapping_add(k as u32) & mask) as usize];
         // Push numbers only grow along the log: its oldest tells whether the producer still
         // remembers them all (see `RUN_WINDOW`).
-        if distance(entry(0).seq, self.read_seq) > (RUN_WINDOW - 1) * (mask + 1) {
+        let oldest = entry(0).seq;
+        if distance(oldest, self.read_seq) > (RUN_WINDOW - 1) * (mask + 1) {
             return None;
         }
+        // One run (the usual case): a plain loop of compares, one slot written after it.
+        let mut slots = 0u32;
+        let mut k = 0;
+        while k < recs.len() {
+            let (p, rec) = (entry(k), &recs[k]);
+            if p.first.word() != rec.extents[0].word() || p.seq != oldest.wrapping_add(k as u32) {
+                break;
+            }
+            slots += rec.slots();
+            k += 1;
+        }
+        if k == recs.len() {
+            self.empty.write_words(0, run_words(oldest, k as u32));
+            return Some((1, slots));
+        }
+        // Several runs: gaps in the push numbers (iorecs released out of order before, or
+        // rejected at pop).
         let mut at = 0;
-        let (mut first, mut run) = (entry(0).seq, 0u32);
+        let (mut first, mut run) = (oldest, 0u32);
         for (k, rec) in recs.iter().enumerate() {
             let p = entry(k);
             if p.first != rec.extents[0] {
@@ -814,8 +839,8 @@ impl Consumer {
             run += 1;
         }
         self.empty.write_words(at, run_words(first, run));
-        self.log_tail = self.log_tail.wrapping_add(recs.len() as u32);
-        Some(at + 1)
+        let slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
+        Some((at + 1, slots))
     }
 
     /// Writes one record per iorec (`slots` in all) and drops them from the log (for each, the
