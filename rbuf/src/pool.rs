@@ -98,7 +98,9 @@ impl Pool {
             if let Some(s) = self.state.get_mut(b as usize) {
                 *s = HELD;
             }
-            *o = Extent::new(b * self.buf_bytes, len);
+            // One 8-byte store (two 4-byte ones wait in the store buffer behind the last push's
+            // slot stores, which miss).
+            o.store_word(u64::from(b * self.buf_bytes) | u64::from(len) << 32);
         }
         self.free_len = rest;
         k
