@@ -61,6 +61,7 @@ pub const fn run_words(first: u32, n: u32) -> [u64; 2] {
 
 /// A byte range of the data area, by offset (the two sides map the area at different addresses).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(C, align(8))]
 pub struct Extent {
     /// Offset from the start of the data area.
     pub offset: u32,
@@ -78,6 +79,25 @@ impl Extent {
     #[inline(always)]
     pub(crate) const fn word(&self) -> u64 {
         self.offset as u64 | (self.len as u64) << 32
+    }
+
+    /// Overwrites this extent with the one `w` describes ([`from_word`](Self::from_word)) in one
+    /// 8-byte store (the compiler splits a field-wise store in two).
+    #[inline(always)]
+    pub(crate) fn store_word(&mut self, w: u64) {
+        // The fields in memory order (`repr(C)`): offset, then len.
+        let halves = [w as u32, (w >> 32) as u32];
+        let bytes = [halves[0].to_ne_bytes(), halves[1].to_ne_bytes()];
+        let mut image = [0u8; 8];
+        image[..4].copy_from_slice(&bytes[0]);
+        image[4..].copy_from_slice(&bytes[1]);
+        // SAFETY: `Extent` is `repr(C, align(8))` of two `u32`s: 8 bytes, 8-aligned, no padding,
+        // offset first; every bit pattern is valid. `self` is an exclusive reference.
+        unsafe {
+            std::ptr::from_mut(self)
+                .cast::<u64>()
+                .write(u64::from_ne_bytes(image))
+        };
     }
 
     /// The extent an image word describes (any bits).

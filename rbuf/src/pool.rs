@@ -98,7 +98,9 @@ impl Pool {
             if let Some(s) = self.state.get_mut(b as usize) {
                 *s = HELD;
             }
-            *o = Extent::new(b * self.buf_bytes, len);
+            // One 8-byte store (two 4-byte ones wait in the store buffer behind the last push's
+            // slot stores, which miss).
+            o.store_word(u64::from(b * self.buf_bytes) | u64::from(len) << 32);
         }
         self.free_len = rest;
         k
@@ -169,6 +171,48 @@ impl Pool {
         Ok(bufs)
     }
 
+    /// HELD → OUT for the buffers of one-extent iorecs (the caller's), in order, each noted in
+    /// `shadow[(start + k) % shadow.len()]`, stopping at the first extent that is not inside a
+    /// held buffer; returns how many it handed out. The pool's fields are copied into locals
+    /// first (the compiler reloaded them around every state store). `shadow`'s length must be a
+    /// power of two.
+    #[inline(always)]
+    pub(crate) fn hand_out_extents(
+        &mut self,
+        extents: &[Extent],
+        shadow: &mut [u32],
+        start: usize,
+    ) -> usize {
+        let (buf_bytes, buf_len) = (self.buf_bytes, u64::from(self.buf_len));
+        let state = &mut self.state[..];
+        let mask = shadow.len().wrapping_sub(1);
+        // Buffer index and offset in the buffer: a shift and a mask for the usual power-of-two
+        // spacing.
+        let mut run = |split: &dyn Fn(u32) -> (u32, u32)| {
+            let mut k = 0;
+            for e in extents {
+                let (b, within) = split(e.offset);
+                // Inside the buffer (64-bit: no overflow), and held.
+                if u64::from(within) + u64::from(e.len) > buf_len {
+                    break;
+                }
+                match state.get_mut(b as usize) {
+                    Some(s) if *s == HELD => *s = OUT,
+                    _ => break,
+                }
+                if let Some(sh) = shadow.get_mut(start.wrapping_add(k) & mask) {
+                    *sh = b;
+                }
+                k += 1;
+            }
+            k
+        };
+        match self.shift {
+            Some(sh) => run(&|off| (off >> sh, off & (buf_bytes - 1))),
+            None => run(&|off| (off / buf_bytes, off % buf_bytes)),
+        }
+    }
+
     /// OUT → HELD for every buffer of `rec` (peer's iorec; all or nothing).
     #[inline(always)]
     pub(crate) fn take_back(&mut self, rec: &IoRec) -> std::result::Result<(), IoRecError> {
@@ -219,38 +263,37 @@ impl Pool {
         Ok(())
     }
 
-    /// OUT → FREE for each buffer `bufs` yields, known by index (the master's own record of what
-    /// it pushed: a TMM reclaim by push number), with the stack's length in a register; returns
-    /// how many were out, after calling `not_out` with each that was not.
+    /// OUT → FREE for the buffers `ring[(start + k) % ring.len()]`, `k = 0, 1, …` up to `n` (the
+    /// master's shadow of what it pushed, by push number: a TMM run), stopping at the first
+    /// entry that is not an out buffer's index; returns how many it freed (`n` if all). One plain
+    /// loop with everything in registers (an iterator and callbacks kept the free stack's length
+    /// on the stack). `ring`'s length must be a power of two.
     #[inline(always)]
-    pub(crate) fn free_out_each(
-        &mut self,
-        bufs: impl Iterator<Item = u32>,
-        mut not_out: impl FnMut(u32),
-    ) -> u32 {
+    pub(crate) fn free_out_run(&mut self, ring: &[u32], start: usize, n: usize) -> usize {
+        let mask = ring.len().wrapping_sub(1);
         let (state, free) = (&mut self.state[..], &mut self.free[..]);
         let mut len = self.free_len;
-        let mut ok = 0;
-        for b in bufs {
+        let mut k = 0;
+        while k < n {
+            let b = ring[start.wrapping_add(k) & mask];
             match state.get_mut(b as usize) {
-                Some(s) if *s == OUT => {
-                    *s = FREE;
-                    // Always room (see `free`).
-                    if let Some(f) = free.get_mut(len) {
-                        *f = b;
-                        len += 1;
-                    }
-                    ok += 1;
-                }
-                _ => not_out(b),
+                Some(s) if *s == OUT => *s = FREE,
+                _ => break,
             }
+            // Always room (see `free`).
+            if let Some(f) = free.get_mut(len) {
+                *f = b;
+                len += 1;
+            }
+            k += 1;
         }
         self.free_len = len;
-        ok
+        k
     }
 
-    /// [`free_out_each`](Self::free_out_each) for the buffers of one iorec ([`NO_BUF`] after the
-    /// last), all or nothing; else the first that is not out.
+    /// OUT → FREE for the buffers of one iorec known by index ([`NO_BUF`] after the last; the
+    /// master's shadow of an iorec of several buffers), all or nothing; else the first that is
+    /// not out.
     pub(crate) fn free_out_all(&mut self, bufs: [u32; 3]) -> std::result::Result<(), IoRecError> {
         let n = bufs.iter().position(|&b| b == NO_BUF).unwrap_or(bufs.len());
         for (index, &b) in bufs[..n].iter().enumerate() {
@@ -262,7 +305,10 @@ impl Pool {
                 });
             }
         }
-        self.free_out_each(bufs[..n].iter().copied(), |_| {});
+        for &b in &bufs[..n] {
+            self.state[b as usize] = FREE;
+            self.push_free(b);
+        }
         Ok(())
     }
 

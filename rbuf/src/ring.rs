@@ -283,6 +283,25 @@ impl ProdCursor {
         self.view.write_slot(self.head.wrapping_add(i), words);
     }
 
+    /// Writes one one-slot record per extent, `[header, extent word]`, from the first free slot
+    /// on (not yet published), with the view's fields in locals. Caller checked the room for
+    /// `extents.len()` slots.
+    #[inline(always)]
+    pub(crate) fn write_singles(&self, header: u64, extents: &[Extent]) {
+        let (slots, mask, head) = (
+            self.view.slots.as_ptr().cast::<[u64; 2]>(),
+            self.view.size - 1,
+            self.head,
+        );
+        for (i, e) in extents.iter().enumerate() {
+            let at = (head.wrapping_add(i as u32) & mask) as usize;
+            // SAFETY: as in `FifoView::write_slot`: `at < size` by the mask (size is a power of
+            // two), so the slot is in bounds and 16-byte aligned in the writable control mapping;
+            // the consumer reads it only after our Release publish.
+            unsafe { slots.add(at).write([header, e.word()]) };
+        }
+    }
+
     /// Publishes `n` written slots.
     #[inline]
     pub(crate) fn publish(&mut self, n: u32) {

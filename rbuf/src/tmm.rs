@@ -18,7 +18,7 @@ use crate::channel::{ChannelFds, Core, FdSource, Side};
 use crate::counters::Counters;
 use crate::error::{Error, IoRecError, Result};
 use crate::event::Waker;
-use crate::iorec::{is_run, run_words, slots_of_header, Extent, IoRec, RUN_WINDOW};
+use crate::iorec::{is_run, run_words, slots_of_header, Extent, IoRec, Limits, RUN_WINDOW};
 use crate::pool::{Pool, NO_BUF};
 use crate::ring::{distance, ConsCursor, ProdCursor, Record};
 use crate::spec::ChannelSpec;
@@ -98,37 +98,35 @@ impl Shadow {
             return 0;
         }
         // At most `len` ≤ 2^18 iorecs (checked above). One-buffer iorecs in one tight loop; an
-        // entry with MORE is no buffer index (≥ 2^31), so that loop leaves it to a second pass.
-        let seqs = (0..n).map(|k| first.wrapping_add(k));
-        let (buf_bytes, buf_len) = (pool.buf_bytes(), pool.buf_len());
-        let mut count = |e| {
-            core.invalid(e);
-        };
-        let mut more = false;
-        let mut ok = pool.free_out_each(seqs.clone().map(|s| self.first[self.at(s)]), |b| {
-            if b & MORE == 0 {
-                count(IoRecError::NotOwned {
-                    index: 0,
-                    offset: b.wrapping_mul(buf_bytes),
-                    len: buf_len,
-                });
-            } else {
-                more = true;
+        // entry with MORE is no buffer index (≥ 2^31), so that loop stops there and leaves it,
+        // or a buffer that is not out, to the code below, then goes on after it.
+        let (n, mut k, mut ok) = (n as usize, 0usize, 0usize);
+        loop {
+            let freed = pool.free_out_run(&self.first, (first as usize).wrapping_add(k), n - k);
+            (k, ok) = (k + freed, ok + freed);
+            if k == n {
+                return ok;
             }
-        }) as usize;
-        if more {
-            for i in seqs
-                .map(|s| self.at(s))
-                .filter(|&i| self.first[i] & MORE != 0)
-            {
+            let i = self.at(first.wrapping_add(k as u32));
+            let b = self.first[i];
+            let taken = if b & MORE == 0 {
+                Err(IoRecError::NotOwned {
+                    index: 0,
+                    offset: b.wrapping_mul(pool.buf_bytes()),
+                    len: pool.buf_len(),
+                })
+            } else {
                 let [b1, b2] = self.more[i];
-                match pool.free_out_all([self.first[i] & !MORE, b1, b2]) {
-                    Ok(()) => ok += 1,
-                    Err(e) => count(e),
+                pool.free_out_all([b & !MORE, b1, b2])
+            };
+            match taken {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    core.invalid(e);
                 }
             }
+            k += 1;
         }
-        ok
     }
 }
 
@@ -241,21 +239,41 @@ impl Producer {
     /// written), all with `flags`: no [`IoRec`] to build per packet.
     #[inline]
     pub fn push_extents(&mut self, extents: &[Extent], flags: u16) -> Result<usize> {
-        let slots = u32::try_from(extents.len()).unwrap_or(u32::MAX);
-        self.push_each(extents, slots, |e| IoRec::single(*e, flags))
+        self.core.check()?;
+        let want = u32::try_from(extents.len()).unwrap_or(u32::MAX);
+        let room = self.room_for(want)?;
+        let n = extents.len().min(room as usize);
+        self.full.prefetch(n as u32);
+        // One slot per iorec: ownership first, in a loop of its own (each buffer HELD → OUT and
+        // noted in the shadow), then the slot stores back to back (see `push_each`).
+        let Producer {
+            pool, shadow, full, ..
+        } = self;
+        let done = pool.hand_out_extents(&extents[..n], &mut shadow.first, shadow.pushed as usize);
+        shadow.pushed += done as u64;
+        full.write_singles(
+            IoRec::single(Extent::default(), flags).header_word(),
+            &extents[..done],
+        );
+        if done < n {
+            if done == 0 {
+                let e = extents[0];
+                return Err(Error::NotHeld {
+                    offset: e.offset,
+                    len: e.len,
+                });
+            }
+        } else if done < extents.len() {
+            self.core.counters.full += 1;
+        }
+        self.published(done, done as u32)?;
+        Ok(done)
     }
 
-    /// Pushes the iorecs `rec_of` makes of `items`, `want_slots` slots in all (one per
-    /// one-extent iorec, two otherwise; see [`push_batch`](Self::push_batch)).
+    /// Free slots on the full FIFO for a push of `want_slots` (the consumer's index is read again
+    /// whenever the cached room is short of them).
     #[inline(always)]
-    fn push_each<T>(
-        &mut self,
-        items: &[T],
-        want_slots: u32,
-        rec_of: impl Fn(&T) -> IoRec,
-    ) -> Result<usize> {
-        self.core.check()?;
-        // The consumer's index is read again whenever the cached room is short of the batch.
+    fn room_for(&mut self, want_slots: u32) -> Result<u32> {
         let mut room = self
             .full
             .room(want_slots)
@@ -273,6 +291,36 @@ impl Producer {
                     .map_err(|e| self.core.index_violation(e))?;
             }
         }
+        Ok(room)
+    }
+
+    /// Publishes `done` iorecs written in `used` slots (if any), wakes the consumer and reclaims
+    /// every quarter ring.
+    #[inline(always)]
+    fn published(&mut self, done: usize, used: u32) -> Result<()> {
+        if done > 0 {
+            self.full.publish(used);
+            self.core.counters.iorecs_out += done as u64;
+            self.waker.notify_peer();
+            self.since_reclaim += used;
+            if self.since_reclaim >= self.core.full.size / 4 {
+                self.reclaim()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes the iorecs `rec_of` makes of `items`, `want_slots` slots in all (one per
+    /// one-extent iorec, two otherwise; see [`push_batch`](Self::push_batch)).
+    #[inline(always)]
+    fn push_each<T>(
+        &mut self,
+        items: &[T],
+        want_slots: u32,
+        rec_of: impl Fn(&T) -> IoRec,
+    ) -> Result<usize> {
+        self.core.check()?;
+        let room = self.room_for(want_slots)?;
         self.full.prefetch(want_slots.min(room));
         let mut used = 0u32;
         let mut done = 0usize;
@@ -302,15 +350,7 @@ impl Producer {
         if done < items.len() && err.is_none() {
             self.core.counters.full += 1;
         }
-        if done > 0 {
-            self.full.publish(used);
-            self.core.counters.iorecs_out += done as u64;
-            self.waker.notify_peer();
-            self.since_reclaim += used;
-            if self.since_reclaim >= self.core.full.size / 4 {
-                self.reclaim()?;
-            }
-        }
+        self.published(done, used)?;
         match err {
             Some(e) if done == 0 => Err(e),
             _ => Ok(done),
@@ -551,9 +591,12 @@ impl Consumer {
             want,
         )?;
         self.full.prefetch(limit.min(want));
-        let mut k = 0;
-        let mut at = 0;
-        let mut slots_kept = 0;
+        // One-slot iorecs of one extent that pass validation (every packet today), in a loop of
+        // their own with everything in registers; it stops at anything else, which the general
+        // loop below takes from there.
+        let mut k = self.pop_plain(out, limit);
+        let mut at = k as u32;
+        let mut slots_kept = at;
         let mut first_err = None;
         // Every turn consumes at least one slot or stops: at most `limit` turns.
         while at < limit && k < out.len() {
@@ -613,6 +656,48 @@ impl Consumer {
         }
     }
 
+    /// Pops the leading one-slot, one-extent iorecs that are valid (at most `limit` slots and
+    /// `out.len()` iorecs) into `out` and the log; returns how many. The first record of any
+    /// other kind, or invalid, stops it and is left for the general loop of `pop_records`.
+    #[inline(always)]
+    fn pop_plain(&mut self, out: &mut [IoRec], limit: u32) -> usize {
+        let n = out.len().min(limit as usize);
+        let Limits {
+            data_bytes,
+            max_packet_bytes,
+        } = self.core.limits;
+        let mask = self.log.len() as u32 - 1;
+        let (seq, head) = (self.read_seq, self.log_head);
+        let mut k = 0;
+        while k < n {
+            let w = self.full.first_slot(k as u32);
+            let e = Extent::from_word(w[1]);
+            // Count 1 and kind 0 in the header; the extent inside the data area (one 64-bit sum:
+            // no overflow) and no longer than a packet, as `IoRec::validate` checks it.
+            if (w[0] as u32) >> 16 != 1
+                || u64::from(e.offset) + u64::from(e.len) > data_bytes
+                || e.len > max_packet_bytes
+            {
+                break;
+            }
+            out[k] = IoRec::single(e, w[0] as u16);
+            let i = k as u32;
+            self.log[(head.wrapping_add(i) & mask) as usize] = Popped {
+                seq: seq.wrapping_add(i),
+                first: e,
+            };
+            k += 1;
+        }
+        let i = k as u32;
+        self.read_seq = seq.wrapping_add(i);
+        self.log_head = head.wrapping_add(i);
+        // A full log forgets its oldest entries (see `remember`).
+        if distance(self.log_tail, self.log_head) > mask + 1 {
+            self.log_tail = self.log_head.wrapping_sub(mask + 1);
+        }
+        k
+    }
+
     /// Copies the bytes of `rec`'s extents, in order, into `dst`; returns the length. The bytes
     /// are the producer's and may change while we copy: check headers in the copy, not before.
     #[inline]
@@ -649,21 +734,34 @@ impl Consumer {
     pub fn release_batch(&mut self, recs: &[IoRec]) -> Result<()> {
         self.core.check()?;
         let n = u32::try_from(recs.len()).unwrap_or(u32::MAX);
-        let slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
-        if n > self.held || slots > self.held_slots {
+        if n > self.held {
             return Err(Error::NotHeld { offset: 0, len: 0 });
         }
-        // Runs take at most one slot per iorec: the room for `slots` covers either way.
+        // In pop order (the usual case): runs, at most one slot per iorec, and the iorecs' slots
+        // counted on the way.
         let room = self
             .empty
-            .room(slots)
+            .room(n)
             .map_err(|e| self.core.index_violation(e))?;
-        if room < slots {
-            return Err(Error::Full);
-        }
-        let at = match self.write_runs(recs) {
-            Some(at) => at,
-            None => self.write_each(recs, slots),
+        let (at, slots) = match (room >= n).then(|| self.write_runs(recs)).flatten() {
+            Some((at, slots)) if slots <= self.held_slots => {
+                self.log_tail = self.log_tail.wrapping_add(n);
+                (at, slots)
+            }
+            _ => {
+                let slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
+                if slots > self.held_slots {
+                    return Err(Error::NotHeld { offset: 0, len: 0 });
+                }
+                let room = self
+                    .empty
+                    .room(slots)
+                    .map_err(|e| self.core.index_violation(e))?;
+                if room < slots {
+                    return Err(Error::Full);
+                }
+                (self.write_each(recs, slots), slots)
+            }
         };
         self.empty.publish(at);
         self.held -= n;
@@ -690,22 +788,43 @@ impl Consumer {
     }
 
     /// If `recs` are the oldest popped iorecs not yet released, in order (by first extent),
-    /// writes them as run records and drops them from the log; returns the slots written.
-    /// `None`: not in order, nothing to publish was written.
+    /// writes them as run records (the caller checked room for one slot per iorec); returns the
+    /// slots written and the slots the iorecs took on the full FIFO. The caller drops them from
+    /// the log. `None`: not in order, nothing to publish was written.
     #[inline(always)]
-    fn write_runs(&mut self, recs: &[IoRec]) -> Option<u32> {
+    fn write_runs(&self, recs: &[IoRec]) -> Option<(u32, u32)> {
         let mask = self.log.len() as u32 - 1;
-        if recs.is_empty() || recs.len() > distance(self.log_tail, self.log_head) as usize {
+        let tail = self.log_tail;
+        if recs.is_empty() || recs.len() > distance(tail, self.log_head) as usize {
             return None;
         }
-        let entry = |k: usize| self.log[(self.log_tail.wrapping_add(k as u32) & mask) as usize];
+        let log = &self.log[..];
+        let entry = |k: usize| log[(tail.wrapping_add(k as u32) & mask) as usize];
         // Push numbers only grow along the log: its oldest tells whether the producer still
         // remembers them all (see `RUN_WINDOW`).
-        if distance(entry(0).seq, self.read_seq) > (RUN_WINDOW - 1) * (mask + 1) {
+        let oldest = entry(0).seq;
+        if distance(oldest, self.read_seq) > (RUN_WINDOW - 1) * (mask + 1) {
             return None;
         }
+        // One run (the usual case): a plain loop of compares, one slot written after it.
+        let mut slots = 0u32;
+        let mut k = 0;
+        while k < recs.len() {
+            let (p, rec) = (entry(k), &recs[k]);
+            if p.first.word() != rec.extents[0].word() || p.seq != oldest.wrapping_add(k as u32) {
+                break;
+            }
+            slots += rec.slots();
+            k += 1;
+        }
+        if k == recs.len() {
+            self.empty.write_words(0, run_words(oldest, k as u32));
+            return Some((1, slots));
+        }
+        // Several runs: gaps in the push numbers (iorecs released out of order before, or
+        // rejected at pop).
         let mut at = 0;
-        let (mut first, mut run) = (entry(0).seq, 0u32);
+        let (mut first, mut run) = (oldest, 0u32);
         for (k, rec) in recs.iter().enumerate() {
             let p = entry(k);
             if p.first != rec.extents[0] {
@@ -720,8 +839,8 @@ impl Consumer {
             run += 1;
         }
         self.empty.write_words(at, run_words(first, run));
-        self.log_tail = self.log_tail.wrapping_add(recs.len() as u32);
-        Some(at + 1)
+        let slots = recs.iter().fold(0u32, |a, r| a.saturating_add(r.slots()));
+        Some((at + 1, slots))
     }
 
     /// Writes one record per iorec (`slots` in all) and drops them from the log (for each, the

@@ -168,6 +168,40 @@ fn hostile_runs_are_counted_and_refused() {
     assert!(all_free(&app));
 }
 
+/// A run over iorecs of which some are not out (one returned by extent already, one of three
+/// buffers) frees the others, each once, and counts the one not out; the run goes on after it.
+#[test]
+fn a_run_over_a_returned_iorec_frees_the_rest() {
+    let (_fds, raw, mut app, _drv) = channel();
+    push(&mut app, 2);
+    let mut exts = [Extent::default(); 3];
+    assert_eq!(app.alloc_batch(8, &mut exts).unwrap(), 3);
+    app.push(IoRec::from_extents(&exts, 0).unwrap()).unwrap();
+    push(&mut app, 2);
+    let out = app.buffers().0 - app.buffers().1;
+    assert_eq!(out, 7);
+    // Iorec 1 (push numbers 0..5) goes back by extent, then a run names all five.
+    let second = 8; // buffers are 256 bytes apart, lowest first: iorec 1 is the second
+    raw.write_raw_slot(
+        FifoId::Empty,
+        0,
+        one_slot(IoRec::single(Extent::new(256, second), 0)),
+    );
+    raw.write_raw_slot(FifoId::Empty, 1, run_words(0, 5));
+    raw.set_index(IndexWord::EmptyHead, 2);
+    assert_eq!(app.reclaim().unwrap(), 1 + 4);
+    let c = app.counters();
+    assert_eq!((c.invalid_run, c.invalid_not_owned), (0, 1), "{c:?}");
+    assert!(all_free(&app));
+    // Each buffer is on the free stack once: allocating them all gives distinct buffers.
+    let mut all = vec![Extent::default(); app.buffers().0];
+    assert_eq!(app.alloc_batch(8, &mut all).unwrap(), all.len());
+    let mut offsets: Vec<u32> = all.iter().map(|e| e.offset).collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len(), all.len());
+}
+
 /// A run older than the producer remembers (four times the FIFO's slots) is refused, not misread.
 #[test]
 fn runs_older_than_the_shadow_are_refused() {

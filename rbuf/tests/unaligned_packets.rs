@@ -39,3 +39,28 @@ fn transmit_buffers_hold_a_whole_packet_and_no_more() {
     app.push(IoRec::single(ext, 0)).unwrap();
     assert!(drv.pop().unwrap().is_some());
 }
+
+/// `push_extents` with buffers 1536 bytes apart (not a power of two): it finds each extent's
+/// buffer by division, accepts a whole packet and an extent inside a buffer, and refuses one that
+/// runs past its buffer's 1514 bytes or starts past the last buffer.
+#[test]
+fn push_extents_finds_buffers_spaced_unevenly() {
+    let fds = create(&SPEC).unwrap();
+    let mut app = tmm::Producer::attach(&SPEC, fds.try_clone().unwrap()).unwrap();
+    let mut drv = tmm::Consumer::attach(&SPEC, fds.with_read_only_data().unwrap()).unwrap();
+    let mut exts = [nemflow_rbuf::Extent::default(); 3];
+    assert_eq!(app.alloc_batch(1514, &mut exts).unwrap(), 3);
+    assert_eq!(exts[1].offset, 1536);
+    let inside = nemflow_rbuf::Extent::new(exts[1].offset + 14, 1500);
+    let past = nemflow_rbuf::Extent::new(exts[2].offset + 15, 1500);
+    let beyond = nemflow_rbuf::Extent::new(1536 * 42, 8);
+    assert_eq!(app.push_extents(&[exts[0], inside, past], 0).unwrap(), 2);
+    assert!(app.push_extents(&[beyond], 0).is_err());
+    assert_eq!(app.push_extents(&[exts[2]], 0).unwrap(), 1);
+    let mut out = [IoRec::default(); 4];
+    assert_eq!(drv.pop_batch(&mut out).unwrap(), 3);
+    assert_eq!(out[1].extents[0], inside);
+    drv.release_batch(&out[..3]).unwrap();
+    assert_eq!(app.reclaim().unwrap(), 3);
+    assert_eq!(app.buffers().0, app.buffers().1);
+}
