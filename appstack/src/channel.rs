@@ -48,6 +48,15 @@ impl FlowChannels {
         Self::from_endpoints(fib, tx, rx)
     }
 
+    /// Attaches the channels of a flow the flow manager's client opened (its fds checked as
+    /// coming from their creator, [`nemflow_flowmgr::client::Flow::attach`]), or takes the
+    /// endpoints it attached already when the flow was opened on a reserved pair.
+    pub fn from_flow(flow: nemflow_flowmgr::client::Flow) -> Result<Self> {
+        let fib = flow.fib.clone();
+        let (tx, rx) = flow.attach()?;
+        Self::from_endpoints(fib, tx, rx)
+    }
+
     /// Wraps endpoints already attached (e.g. by the flow manager's client, whose `Flow::attach`
     /// returns them with the RX buffers posted). Posts any RX buffer still free.
     pub fn from_endpoints(fib: Fib, tx: tmm::Producer, mut rx: rmm::Consumer) -> Result<Self> {

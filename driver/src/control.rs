@@ -16,7 +16,8 @@
 //! the next connection that changes flows takes its place; the flows it left stay installed and
 //! keep moving until then (a new flow manager removes them first: `nemflow_flowmgr` docs). The
 //! channel pairs it staged for future flows (`StageChannels`) serve no app yet: they are dropped
-//! as soon as its connection closes.
+//! as soon as its connection closes. One pair is dropped on its own by `DropStaged` (an app
+//! reserved it and left without using it); an unknown pair is a `NotFound` reply.
 
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, OwnedFd};
@@ -285,6 +286,7 @@ fn claim(
             | DriverRequest::SetQos { .. }
             | DriverRequest::StageChannels { .. }
             | DriverRequest::InstallStaged { .. }
+            | DriverRequest::DropStaged { .. }
     );
     if !changes_flows {
         return None;
@@ -386,6 +388,10 @@ fn handle<P: Port>(
             template,
             qos,
         } => match dp.install_staged(id, staged, filter, template, qos, now_ns) {
+            Ok(()) => DriverReply::Ok,
+            Err(e) => flow_error(e),
+        },
+        DriverRequest::DropStaged { id } => match dp.drop_staged_pair(id) {
             Ok(()) => DriverReply::Ok,
             Err(e) => flow_error(e),
         },

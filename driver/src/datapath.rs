@@ -360,6 +360,15 @@ impl<P: Port> Datapath<P> {
         self.install_on(id, filter, template, qos, channels, now_ns)
     }
 
+    /// Drops one staged channel pair that no flow will use (an app reserved it and left): its
+    /// channels are unmapped.
+    pub fn drop_staged_pair(&mut self, staged: u32) -> Result<(), FlowError> {
+        self.staged_pairs
+            .remove(&staged)
+            .map(drop)
+            .ok_or(FlowError::NotStaged(staged))
+    }
+
     /// Drops every staged channel pair (their flow manager is gone); returns how many.
     pub fn drop_staged(&mut self) -> usize {
         let n = self.staged_pairs.len();

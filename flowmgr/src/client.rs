@@ -16,6 +16,29 @@
 //!
 //! The flow lives as long as this connection: dropping the [`Client`] (or the process dying)
 //! closes every flow it opened.
+//!
+//! # Reserving a channel pair ahead of an open
+//! Most of an open's time is not the flow manager's work but handing the app its two channels
+//! (8 fds) and the app attaching them (checks, 4 `mmap`s, page faults, posting the receive
+//! buffers). An app that expects to open a flow soon can do that part early, while it has
+//! nothing better to do: [`Client::reserve`] takes a channel pair the flow manager staged in the
+//! driver and attaches it at once; the next [`Client::open`] of the default geometry then runs
+//! on it: a request and a reply without fds, and the [`Flow`] it returns carries the attached
+//! endpoints ([`Flow::attach`] hands them over, attaching nothing). Reserving is the app's
+//! choice and never automatic: a held pair is one flow's worth of channel memory (~0.5 MiB
+//! with the default `flowmgr.channel_bytes`, mostly not resident) counted against the uid's
+//! limits until it is used, given back ([`Client::unreserve`]) or the connection closes.
+//!
+//! ```no_run
+//! # use nemflow_flowmgr::client::Client;
+//! # use nemflow_proto::app::OpenFlow;
+//! # let mut fm = Client::connect_default()?;
+//! let ready = fm.reserve()?; // false: no pair to take now; `open` works as without it
+//! let flow = fm.open(&OpenFlow::udp(0, None))?; // on the reserved pair when `ready`
+//! let (tx, rx) = flow.attach()?; // already attached: returned as they are
+//! # drop((ready, tx, rx));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -25,9 +48,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nemflow_proto::app::{
-    AcceptFlow, AppError, AppErrorKind, AppEvent, AppReply, AppRequest, ArpEntry, FlowInfo,
-    HostInfo, Neighbour, OpenFlow, Opened, RouteEntry, ServerMsg, StatsReport, DEFAULT_SOCKET,
-    OPENED_FDS,
+    AcceptFlow, AppError, AppErrorKind, AppEvent, AppReply, AppRequest, ArpEntry, Buffers,
+    FlowInfo, HostInfo, Neighbour, OpenFlow, Opened, RouteEntry, ServerMsg, StatsReport,
+    DEFAULT_SOCKET, OPENED_FDS,
 };
 use nemflow_proto::wire::{self, Decoder, WireError};
 use nemflow_proto::{Fib, FlowId, Qos};
@@ -67,6 +90,9 @@ pub enum ClientError {
     /// The flow manager answered with something that does not fit the request.
     #[error("flow manager protocol: {0}")]
     Protocol(String),
+    /// Attaching a reserved channel pair failed (its fds, or mapping them).
+    #[error("attaching a reserved channel pair: {0}")]
+    Channel(#[from] nemflow_rbuf::Error),
 }
 
 impl ClientError {
@@ -80,6 +106,10 @@ impl ClientError {
             ClientError::Wire(_) | ClientError::Protocol(_) => {
                 rustix::io::Errno::PROTO.raw_os_error()
             }
+            ClientError::Channel(nemflow_rbuf::Error::Os { source, .. }) => source
+                .raw_os_error()
+                .unwrap_or(rustix::io::Errno::NOMEM.raw_os_error()),
+            ClientError::Channel(_) => rustix::io::Errno::INVAL.raw_os_error(),
         }
     }
 
@@ -117,10 +147,28 @@ pub struct Flow {
     pub tx_spec: ChannelSpec,
     /// Geometry of the receive channel.
     pub rx_spec: ChannelSpec,
-    /// Transmit channel fds (data writable): attach a [`tmm::Producer`].
-    pub tx: ChannelFds,
-    /// Receive channel fds (data read-only): attach an [`rmm::Consumer`].
-    pub rx: ChannelFds,
+    /// The two channels: fds to attach, or (opened on a reserved pair) endpoints attached
+    /// already. [`Flow::attach`] gives endpoints either way.
+    pub ends: FlowEnds,
+}
+
+/// A flow's channels as its open left them.
+#[derive(Debug)]
+pub enum FlowEnds {
+    /// The fds the flow manager sent with the reply.
+    Fds {
+        /// Transmit channel fds (data writable): attach a [`tmm::Producer`].
+        tx: ChannelFds,
+        /// Receive channel fds (data read-only): attach an [`rmm::Consumer`].
+        rx: ChannelFds,
+    },
+    /// The endpoints of the pair [`Client::reserve`] attached (receive buffers posted).
+    Attached {
+        /// The transmit channel's producer.
+        tx: tmm::Producer,
+        /// The receive channel's consumer.
+        rx: rmm::Consumer,
+    },
 }
 
 impl Flow {
@@ -129,17 +177,57 @@ impl Flow {
         self.fib.flow
     }
 
-    /// Attaches both endpoints; the receive side posts its empty buffers at once.
+    /// Whether the flow was opened on a reserved pair (its endpoints are attached already).
+    pub fn reserved(&self) -> bool {
+        matches!(self.ends, FlowEnds::Attached { .. })
+    }
+
+    /// Both endpoints, the receive side with its empty buffers posted: attached now from the
+    /// fds, or, for a flow opened on a reserved pair, the ones attached at the reserve.
     ///
     /// The fds came from the flow manager, the channels' creator, over its socket (the app
     /// trusts it with its flows anyway), so they are checked as [`FdSource::Creator`] fds: the
     /// memfds fully, the eventfds by one `fstat` each. The shared memory stays hostile: the
     /// driver's end of it is checked on every read.
     pub fn attach(self) -> Result<(tmm::Producer, rmm::Consumer), nemflow_rbuf::Error> {
-        let tx = tmm::Producer::attach_from(&self.tx_spec, self.tx, FdSource::Creator)?;
-        let mut rx = rmm::Consumer::attach_from(&self.rx_spec, self.rx, FdSource::Creator)?;
-        rx.post_free()?;
-        Ok((tx, rx))
+        match self.ends {
+            FlowEnds::Attached { tx, rx } => Ok((tx, rx)),
+            FlowEnds::Fds { tx, rx } => attach_pair(&self.tx_spec, tx, &self.rx_spec, rx),
+        }
+    }
+}
+
+fn attach_pair(
+    tx_spec: &ChannelSpec,
+    tx: ChannelFds,
+    rx_spec: &ChannelSpec,
+    rx: ChannelFds,
+) -> Result<(tmm::Producer, rmm::Consumer), nemflow_rbuf::Error> {
+    let tx = tmm::Producer::attach_from(tx_spec, tx, FdSource::Creator)?;
+    let mut rx = rmm::Consumer::attach_from(rx_spec, rx, FdSource::Creator)?;
+    rx.post_free()?;
+    Ok((tx, rx))
+}
+
+/// A reserved channel pair, attached, waiting for an open.
+#[derive(Debug)]
+struct Held {
+    id: u32,
+    tx_spec: ChannelSpec,
+    rx_spec: ChannelSpec,
+    tx: tmm::Producer,
+    rx: rmm::Consumer,
+}
+
+impl Held {
+    /// Whether an open asking for `b` gets this pair's geometry (zero fields: the defaults,
+    /// which the pair has).
+    fn fits(&self, b: &Buffers) -> bool {
+        let ok = |asked: u64, has: u64| asked == 0 || asked == has;
+        ok(b.tx_bytes, self.tx_spec.data_bytes)
+            && ok(u64::from(b.tx_slots), u64::from(self.tx_spec.slots))
+            && ok(b.rx_bytes, self.rx_spec.data_bytes)
+            && ok(u64::from(b.rx_slots), u64::from(self.rx_spec.slots))
     }
 }
 
@@ -151,6 +239,8 @@ pub struct Client {
     events: VecDeque<AppEvent>,
     timeout: Duration,
     host: HostInfo,
+    /// The pair [`Client::reserve`] took, attached, for the next open.
+    held: Option<Held>,
 }
 
 impl Client {
@@ -202,6 +292,7 @@ impl Client {
                 uid: 0,
                 pid: 0,
             },
+            held: None,
         };
         let name: String = name.chars().take(64).collect();
         match client.call(&AppRequest::Hello { client: name })? {
@@ -221,11 +312,114 @@ impl Client {
         self.timeout = timeout;
     }
 
-    /// Opens a flow.
+    /// Opens a flow: on the reserved pair when this client holds one ([`Client::reserve`]) and
+    /// the request asks for the default geometry (zero [`Buffers`], or the pair's own sizes),
+    /// otherwise with channels the reply brings. A refused open leaves the pair reserved.
     pub fn open(&mut self, req: &OpenFlow) -> Result<Flow, ClientError> {
+        if let Some(id) = self
+            .held
+            .as_ref()
+            .filter(|h| h.fits(&req.buffers))
+            .map(|h| h.id)
+        {
+            match self.call(&AppRequest::OpenReserved {
+                open: req.clone(),
+                reserved: id,
+            }) {
+                Ok((AppReply::Opened(opened), fds)) => return self.into_reserved_flow(opened, fds),
+                Ok((other, _)) => return Err(unexpected("OpenReserved", &other)),
+                // The flow manager does not know the pair (it should): open without it.
+                Err(ClientError::Refused(e)) if e.kind == AppErrorKind::NoSuchFlow => {
+                    self.held = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         match self.call(&AppRequest::Open(req.clone()))? {
             (AppReply::Opened(opened), fds) => into_flow(opened, fds),
             (other, _) => Err(unexpected("Open", &other)),
+        }
+    }
+
+    fn into_reserved_flow(
+        &mut self,
+        opened: Opened,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Flow, ClientError> {
+        let Some(held) = self.held.take() else {
+            return Err(ClientError::Protocol("an open on no reserved pair".into()));
+        };
+        if !fds.is_empty() {
+            return Err(ClientError::Protocol(format!(
+                "an open on a reserved pair carried {} fds",
+                fds.len()
+            )));
+        }
+        if opened.tx != held.tx_spec || opened.rx != held.rx_spec {
+            return Err(ClientError::Protocol(
+                "an open on a reserved pair answered another geometry".into(),
+            ));
+        }
+        Ok(Flow {
+            fib: opened.fib,
+            qos: opened.qos,
+            tx_spec: opened.tx,
+            rx_spec: opened.rx,
+            ends: FlowEnds::Attached {
+                tx: held.tx,
+                rx: held.rx,
+            },
+        })
+    }
+
+    /// Takes a channel pair for the next [`Client::open`] and attaches it now (transmit
+    /// producer, receive consumer with its buffers posted), unless one is held already. Returns
+    /// whether a pair is held: `false` when the flow manager has none to give now (opens then
+    /// work as without one). Refused ([`AppErrorKind::NoBufferSpace`]) when the uid is at its
+    /// channel-memory or flow limit: the pair counts as one flow's channels. Not automatic: see
+    /// the module docs for what a held pair costs.
+    pub fn reserve(&mut self) -> Result<bool, ClientError> {
+        if self.held.is_some() {
+            return Ok(true);
+        }
+        let (id, tx_spec, rx_spec, fds) = match self.call(&AppRequest::Reserve) {
+            Ok((AppReply::Reserved { id, tx, rx }, fds)) => (id, tx, rx, fds),
+            Ok((other, _)) => return Err(unexpected("Reserve", &other)),
+            Err(ClientError::Refused(e)) if e.kind == AppErrorKind::NotReady => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let attached = split_fds(fds).and_then(|(tx, rx)| {
+            attach_pair(&tx_spec, tx, &rx_spec, rx).map_err(ClientError::Channel)
+        });
+        match attached {
+            Ok((tx, rx)) => {
+                self.held = Some(Held {
+                    id,
+                    tx_spec,
+                    rx_spec,
+                    tx,
+                    rx,
+                });
+                Ok(true)
+            }
+            Err(e) => {
+                // Unusable here: give it back rather than hold the quota.
+                let _ = self.expect_ok(&AppRequest::Unreserve { reserved: id });
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether this client holds a reserved pair for its next open.
+    pub fn holds_reserve(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Gives the reserved pair back (unmapped here and in the driver, its quota released).
+    pub fn unreserve(&mut self) -> Result<(), ClientError> {
+        match self.held.take() {
+            Some(h) => self.expect_ok(&AppRequest::Unreserve { reserved: h.id }),
+            None => Ok(()),
         }
     }
 
@@ -448,10 +642,11 @@ impl AsFd for Client {
     }
 }
 
-fn into_flow(opened: Opened, fds: Vec<OwnedFd>) -> Result<Flow, ClientError> {
+/// A reply's eight fds as the transmit channel's and the receive channel's.
+fn split_fds(fds: Vec<OwnedFd>) -> Result<(ChannelFds, ChannelFds), ClientError> {
     if fds.len() != OPENED_FDS {
         return Err(ClientError::Protocol(format!(
-            "Opened carried {} fds, expected {OPENED_FDS}",
+            "the reply carried {} fds, expected {OPENED_FDS}",
             fds.len()
         )));
     }
@@ -459,13 +654,17 @@ fn into_flow(opened: Opened, fds: Vec<OwnedFd>) -> Result<Flow, ClientError> {
     let rx_fds = fds.split_off(CHANNEL_FDS);
     let tx = ChannelFds::from_vec(fds).map_err(|e| ClientError::Protocol(e.to_string()))?;
     let rx = ChannelFds::from_vec(rx_fds).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok((tx, rx))
+}
+
+fn into_flow(opened: Opened, fds: Vec<OwnedFd>) -> Result<Flow, ClientError> {
+    let (tx, rx) = split_fds(fds)?;
     Ok(Flow {
         fib: opened.fib,
         qos: opened.qos,
         tx_spec: opened.tx,
         rx_spec: opened.rx,
-        tx,
-        rx,
+        ends: FlowEnds::Fds { tx, rx },
     })
 }
 
@@ -481,6 +680,7 @@ fn unexpected(wanted: &str, got: &AppReply) -> ClientError {
         AppReply::Arp(_) => "Arp",
         AppReply::Routes(_) => "Routes",
         AppReply::Error(_) => "Error",
+        AppReply::Reserved { .. } => "Reserved",
     };
     ClientError::Protocol(format!("expected a reply to {wanted}, got {name}"))
 }

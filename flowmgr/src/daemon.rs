@@ -14,7 +14,7 @@ use nemflow_config::Config;
 use nemflow_proto::app::{
     AcceptFlow, AppError, AppErrorKind, AppEvent, AppReply, AppRequest, Buffers, FlowInfo,
     FlowKind, HostInfo, Incoming, Neighbour, OpenFlow, Opened, Owner, ServerMsg, StatsReport,
-    Transport, DEFAULT_BACKLOG, MAX_BACKLOG,
+    Transport, DEFAULT_BACKLOG, MAX_BACKLOG, MAX_RESERVED_PER_CLIENT,
 };
 use nemflow_proto::ctl::{
     DriverReply, DriverRequest, ErrorKind as DrvErr, FlowStats, PortInfo, TcpEnds, TcpSeen,
@@ -149,6 +149,22 @@ counters! {
         opens_staged,
         /// Flows the driver refused after their open was answered (revoked at once).
         opens_revoked_by_driver,
+        /// Staged pairs handed to apps ahead of their opens (`Reserve`).
+        reserves_taken,
+        /// `Reserve` answered "not now" (`NotReady`): no staged pair was ready, or the most
+        /// pairs the driver keeps are reserved already.
+        reserves_unavailable,
+        /// `Reserve` refused: the uid's channel memory or flows, or the connection's
+        /// reserves, at their limit.
+        reserves_refused,
+        /// Reserved pairs their apps never used, dropped from the driver (`DropStaged`) when
+        /// their connection closed or they gave them back (`Unreserve`).
+        reserves_dropped,
+        /// Opens served on a pair the app had reserved (`OpenReserved`: no fds in the reply).
+        opens_reserved,
+        /// `OpenReserved` (or `Unreserve`) naming a pair this connection does not hold
+        /// (another's, used, or never reserved), or asking for another geometry.
+        opens_reserved_refused,
         /// Frames the host flow sent.
         host_tx_frames,
         /// Frames the host flow could not send (no free buffer or FIFO full).
@@ -239,6 +255,9 @@ struct Conn {
     closing: bool,
     flows: BTreeSet<FlowId>,
     listens: BTreeSet<u16>,
+    /// Staged pairs this connection reserved (`Reserve`) and has not opened a flow on yet;
+    /// each holds one flow's channel memory of the uid's quota.
+    reserved: Vec<u32>,
 }
 
 /// Who is asking.
@@ -280,6 +299,9 @@ struct Prepared {
     rx: ChannelSpec,
     channel_bytes: u64,
     next_hop: Option<Ipv4Addr>,
+    /// The staged pair the app reserved for this flow (`OpenReserved`): the flow's quota is the
+    /// pair's, held since the reserve, and its channels are the app's already.
+    reserved: Option<u32>,
 }
 
 /// Work waiting for ARP.
@@ -368,7 +390,15 @@ pub struct Daemon<D: DriverLink> {
     stage_after: Instant,
     /// No staging before then either, unless nothing is staged (see [`STAGE_QUIET`]).
     quiet_until: Instant,
+    /// Staged pairs held by apps (`Reserve`), all connections together.
+    reserved_total: usize,
 }
+
+/// Most staged pairs apps may hold reserved at once, all together: with the flow manager's own
+/// [`STAGED_PAIRS`], as many as the driver keeps staged ([`nemflow_proto::ctl::MAX_STAGED`]).
+/// Beyond it `Reserve` is answered "not now", never a refused `StageChannels` (which would turn
+/// staging off).
+const MAX_RESERVED: usize = nemflow_proto::ctl::MAX_STAGED - STAGED_PAIRS;
 
 /// How many channel pairs the flow manager keeps staged in the driver.
 const STAGED_PAIRS: usize = 4;
@@ -383,6 +413,8 @@ enum InFlight {
     Install(FlowId),
     /// `RemoveFlow` for this flow, gone from the flow manager already.
     Remove(FlowId),
+    /// `DropStaged` for a pair an app reserved and never used.
+    DropStaged(u32),
 }
 
 /// How long replies to requests sent ahead may wait unread (read at once when a request needs
@@ -781,6 +813,7 @@ impl<D: DriverLink> Daemon<D> {
             staging: true,
             stage_after: Instant::now(),
             quiet_until: Instant::now(),
+            reserved_total: 0,
         };
         d.default_spec = d
             .channel_spec(0, 0, "default")
@@ -1173,6 +1206,12 @@ impl<D: DriverLink> Daemon<D> {
                 (InFlight::Remove(fid), _) => {
                     tracing::warn!(flow = %fid, "unexpected driver reply to RemoveFlow");
                 }
+                (InFlight::DropStaged(_), DriverReply::Ok) => {}
+                (InFlight::DropStaged(id), reply) => {
+                    // An older driver, or a pair it no longer has: nothing to undo here (the
+                    // driver drops what is left with our connection).
+                    tracing::warn!(pair = id, ?reply, "driver did not drop a reserved pair");
+                }
                 (InFlight::Install(fid), reply) => {
                     let message = match reply {
                         DriverReply::Error { message, .. } => message,
@@ -1284,6 +1323,7 @@ impl<D: DriverLink> Daemon<D> {
                     closing: false,
                     flows: BTreeSet::new(),
                     listens: BTreeSet::new(),
+                    reserved: Vec::new(),
                 },
             );
         }
@@ -1507,12 +1547,103 @@ impl<D: DriverLink> Daemon<D> {
                 .release(ip_proto::TCP, *port, Claim::Listen, cid, None);
             self.drop_listener(*port, driver_ok);
         }
+        for id in c.reserved {
+            self.drop_reserved(c.uid, id, driver_ok);
+        }
         tracing::debug!(
             client = cid,
             pid = c.pid,
             flows = n,
             "client gone: its flows are torn down"
         );
+    }
+
+    /// Gives a reserved pair its app never used back: its quota to the uid, and the driver
+    /// unmaps it (`DropStaged`, not waited for, like `RemoveFlow`).
+    fn drop_reserved(&mut self, uid: u32, id: u32, driver_ok: bool) {
+        self.send_installs();
+        self.reserved_total = self.reserved_total.saturating_sub(1);
+        self.counters.reserves_dropped += 1;
+        self.policy.release(uid, self.pair_bytes());
+        if driver_ok && self.fatal.is_none() {
+            match self.driver.send(&DriverRequest::DropStaged { id }, &[]) {
+                Ok(sent) => sent.tag(InFlight::DropStaged(id)),
+                Err(e) => self.fatal = Some(e.to_string()),
+            }
+        }
+        tracing::debug!(pair = id, uid, "reserved pair dropped unused");
+    }
+
+    /// Channel memory of one pair of the default geometry (what a reserve holds of a quota).
+    fn pair_bytes(&self) -> u64 {
+        2 * (self.default_spec.data_bytes + self.default_spec.control_bytes())
+    }
+
+    /// `Reserve`: hands the app a staged pair for a later `OpenReserved`.
+    fn reserve(&mut self, who: &Who) -> Result<(AppReply, Vec<OwnedFd>), AppError> {
+        let held = self.clients.get(&who.cid).map_or(0, |c| c.reserved.len());
+        if held >= MAX_RESERVED_PER_CLIENT {
+            self.counters.reserves_refused += 1;
+            return Err(app_err(
+                AppErrorKind::NoBufferSpace,
+                format!(
+                    "this connection holds {held} reserved channel pair(s) already, the most one may hold"
+                ),
+            ));
+        }
+        let not_now = |why: &str| {
+            app_err(
+                AppErrorKind::NotReady,
+                format!("no channel pair to reserve now ({why}): open without one"),
+            )
+        };
+        if !self.staging {
+            self.counters.reserves_unavailable += 1;
+            return Err(not_now("the driver does not stage pairs"));
+        }
+        if self.reserved_total >= MAX_RESERVED {
+            self.counters.reserves_unavailable += 1;
+            return Err(not_now("the most pairs the driver keeps are reserved"));
+        }
+        if self.staged.is_empty()
+            && self
+                .driver
+                .in_flight()
+                .any(|f| matches!(f, InFlight::Stage(_)))
+        {
+            self.settle();
+        }
+        if self.staged.is_empty() {
+            self.counters.reserves_unavailable += 1;
+            return Err(not_now("none staged"));
+        }
+        let bytes = self.pair_bytes();
+        if let Err(mut e) = self.policy.reserve(who.uid, bytes) {
+            self.counters.reserves_refused += 1;
+            e.message = format!("cannot reserve a channel pair: {}", e.message);
+            return Err(e);
+        }
+        let Some(pair) = self.staged.pop_front() else {
+            self.policy.release(who.uid, bytes);
+            self.counters.reserves_unavailable += 1;
+            return Err(not_now("none staged"));
+        };
+        if let Some(c) = self.clients.get_mut(&who.cid) {
+            c.reserved.push(pair.id);
+        }
+        self.reserved_total += 1;
+        self.counters.reserves_taken += 1;
+        tracing::debug!(pair = pair.id, uid = who.uid, "channel pair reserved");
+        let mut fds = pair.tx.into_vec();
+        fds.extend(pair.rx.into_vec());
+        Ok((
+            AppReply::Reserved {
+                id: pair.id,
+                tx: self.default_spec,
+                rx: self.default_spec,
+            },
+            fds,
+        ))
     }
 
     /// Removes an installed flow everywhere.
@@ -1812,20 +1943,23 @@ impl<D: DriverLink> Daemon<D> {
             buffers: a.buffers,
             ..OpenFlow::tcp(a.listen_port, a.remote)
         };
-        match self.open(who, open, now) {
+        match self.open(who, open, None, now) {
             Ok(Some(p)) => Some(self.finish_open(*p.0, p.1)),
             Ok(None) => None,
             Err(e) => Some(Err(e)),
         }
     }
 
-    /// Undoes a prepared (not installed) flow.
+    /// Undoes a prepared (not installed) flow. A reserved pair's quota stays with the pair,
+    /// which stays reserved.
     fn rollback(&mut self, p: &Prepared) {
         let _ = self.admission.remove_flow(p.id.0);
         if let Some((proto, port, claim)) = p.claim {
             self.ports.release(proto, port, claim, p.who.cid, None);
         }
-        self.policy.release(p.who.uid, p.channel_bytes);
+        if p.reserved.is_none() {
+            self.policy.release(p.who.uid, p.channel_bytes);
+        }
     }
 
     /// Handles one request; `None` when it waits for ARP.
@@ -1857,7 +1991,7 @@ impl<D: DriverLink> Daemon<D> {
                     pid: who.pid,
                 })))
             }
-            AppRequest::Open(o) => match self.open(who, o, now) {
+            AppRequest::Open(o) => match self.open(who, o, None, now) {
                 Ok(Some(p)) => {
                     let r = self.finish_open(*p.0, p.1);
                     Some(r)
@@ -1865,6 +1999,43 @@ impl<D: DriverLink> Daemon<D> {
                 Ok(None) => None,
                 Err(e) => Some(Err(e)),
             },
+            AppRequest::Reserve => Some(self.reserve(who)),
+            AppRequest::Unreserve { reserved } => {
+                let had = self.clients.get_mut(&who.cid).is_some_and(|c| {
+                    let before = c.reserved.len();
+                    c.reserved.retain(|&r| r != reserved);
+                    c.reserved.len() < before
+                });
+                if !had {
+                    self.counters.opens_reserved_refused += 1;
+                    return plain(Err(app_err(
+                        AppErrorKind::NoSuchFlow,
+                        format!("no reserved channel pair {reserved} on this connection"),
+                    )));
+                }
+                self.drop_reserved(who.uid, reserved, true);
+                plain(Ok(AppReply::Ok))
+            }
+            AppRequest::OpenReserved { open, reserved } => {
+                let holds = self
+                    .clients
+                    .get(&who.cid)
+                    .is_some_and(|c| c.reserved.contains(&reserved));
+                if !holds {
+                    self.counters.opens_reserved_refused += 1;
+                    return Some(Err(app_err(
+                        AppErrorKind::NoSuchFlow,
+                        format!(
+                            "no reserved channel pair {reserved} on this connection (another's, used already, or never reserved)"
+                        ),
+                    )));
+                }
+                match self.open(who, open, Some(reserved), now) {
+                    Ok(Some(p)) => Some(self.finish_open(*p.0, p.1)),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            }
             AppRequest::SetQos { flow, qos } => {
                 plain(self.set_qos(who, flow, qos).map(|()| AppReply::Ok))
             }
@@ -1994,10 +2165,13 @@ impl<D: DriverLink> Daemon<D> {
     /// Phase one of an open: checks, port, admission, route. Returns the prepared flow and its
     /// next hop's MAC when it can be installed now; `None` when it was parked for ARP.
     #[allow(clippy::type_complexity)]
+    /// `reserved`: the staged pair the app reserved for the flow (`OpenReserved`), which holds
+    /// the flow's quota already.
     fn open(
         &mut self,
         who: &Who,
         o: OpenFlow,
+        reserved: Option<u32>,
         now: Instant,
     ) -> Result<Option<(Box<Prepared>, Option<[u8; 6]>)>, AppError> {
         to_sched(&o.qos).validate().map_err(sched_err)?;
@@ -2011,6 +2185,15 @@ impl<D: DriverLink> Daemon<D> {
         let tx = self.channel_spec(tx_bytes, tx_slots, "transmit")?;
         let rx = self.channel_spec(rx_bytes, rx_slots, "receive")?;
         let channel_bytes = tx.data_bytes + tx.control_bytes() + rx.data_bytes + rx.control_bytes();
+        if reserved.is_some() && (tx != self.default_spec || rx != self.default_spec) {
+            self.counters.opens_reserved_refused += 1;
+            return Err(app_err(
+                AppErrorKind::Invalid,
+                "a reserved channel pair has the default geometry: open it with default buffers",
+            ));
+        }
+        // A reserved pair took the flow's quota when it was reserved.
+        let quota = reserved.is_none();
         let mut next = None;
         let (claim, local) = match o.transport {
             Transport::Raw { ethertype } => {
@@ -2053,11 +2236,15 @@ impl<D: DriverLink> Daemon<D> {
                     Some(r) => Claim::Connected(r),
                     None => Claim::Bound,
                 };
-                self.policy.reserve(who.uid, channel_bytes)?;
+                if quota {
+                    self.policy.reserve(who.uid, channel_bytes)?;
+                }
                 let port = match self.ports.claim(proto, o.local_port, claim, who.cid, now) {
                     Ok(p) => p,
                     Err(e) => {
-                        self.policy.release(who.uid, channel_bytes);
+                        if quota {
+                            self.policy.release(who.uid, channel_bytes);
+                        }
                         return Err(port_err(e));
                     }
                 };
@@ -2067,7 +2254,7 @@ impl<D: DriverLink> Daemon<D> {
                 )
             }
         };
-        if claim.is_none() {
+        if claim.is_none() && quota {
             self.policy.reserve(who.uid, channel_bytes)?;
         }
         let id = self.alloc_flow_id();
@@ -2084,13 +2271,16 @@ impl<D: DriverLink> Daemon<D> {
             rx,
             channel_bytes,
             next_hop: None,
+            reserved,
         });
         if let Err(e) = self.admission.add_flow(id.0, to_sched(&o.qos), 0) {
             // The flow is not in the scheduler: undo port and policy only.
             if let Some((proto, port, claim)) = prep.claim {
                 self.ports.release(proto, port, claim, who.cid, None);
             }
-            self.policy.release(who.uid, channel_bytes);
+            if quota {
+                self.policy.release(who.uid, channel_bytes);
+            }
             return Err(sched_err(e));
         }
         let mac = match (next, o.transport) {
@@ -2190,6 +2380,9 @@ impl<D: DriverLink> Daemon<D> {
             src_mac: self.mac,
             kind,
         };
+        if let Some(pair) = p.reserved {
+            return self.install_reserved(p, pair, mac, filter, template);
+        }
         let default_geometry = p.tx == self.default_spec && p.rx == self.default_spec;
         if default_geometry && self.staged.is_empty() {
             // A pair the driver is attaching now is ready sooner than a new one.
@@ -2256,6 +2449,69 @@ impl<D: DriverLink> Daemon<D> {
                 }
             }
         }
+        let fib = self.record_flow(p, mac);
+        let mut fds = tx.into_vec();
+        fds.extend(app_rx.into_vec());
+        Ok((
+            AppReply::Opened(Opened {
+                fib,
+                qos: p.qos,
+                tx: p.tx,
+                rx: p.rx,
+            }),
+            fds,
+        ))
+    }
+
+    /// An open on a pair the app reserved: the driver gets `InstallStaged` after the reply, as
+    /// for any staged pair, and the reply carries no fds (the app holds the channels already).
+    fn install_reserved(
+        &mut self,
+        p: &Prepared,
+        pair: u32,
+        mac: Option<[u8; 6]>,
+        filter: Filter,
+        template: Template,
+    ) -> Result<(AppReply, Vec<OwnedFd>), AppError> {
+        // Checked when the request came; the connection was parked since if it waited for ARP.
+        let taken = self.clients.get_mut(&p.who.cid).is_some_and(|c| {
+            let before = c.reserved.len();
+            c.reserved.retain(|&r| r != pair);
+            c.reserved.len() < before
+        });
+        if !taken {
+            self.counters.opens_reserved_refused += 1;
+            return Err(app_err(
+                AppErrorKind::NoSuchFlow,
+                format!("no reserved channel pair {pair} on this connection"),
+            ));
+        }
+        self.reserved_total = self.reserved_total.saturating_sub(1);
+        self.counters.opens_reserved += 1;
+        self.installs.push((
+            p.id,
+            DriverRequest::InstallStaged {
+                id: p.id,
+                staged: pair,
+                filter,
+                template,
+                qos: p.qos,
+            },
+        ));
+        let fib = self.record_flow(p, mac);
+        Ok((
+            AppReply::Opened(Opened {
+                fib,
+                qos: p.qos,
+                tx: p.tx,
+                rx: p.rx,
+            }),
+            Vec::new(),
+        ))
+    }
+
+    /// Enters an installed (or being installed) flow in the table; returns its FIB.
+    fn record_flow(&mut self, p: &Prepared, mac: Option<[u8; 6]>) -> Fib {
         let fib = Fib {
             flow: p.id,
             local: p.local,
@@ -2289,17 +2545,7 @@ impl<D: DriverLink> Daemon<D> {
         }
         self.counters.flows_opened += 1;
         tracing::debug!(flow = %p.id, local = %p.local, remote = ?p.remote, uid = p.who.uid, "flow installed");
-        let mut fds = tx.into_vec();
-        fds.extend(app_rx.into_vec());
-        Ok((
-            AppReply::Opened(Opened {
-                fib,
-                qos: p.qos,
-                tx: p.tx,
-                rx: p.rx,
-            }),
-            fds,
-        ))
+        fib
     }
 
     fn set_qos(&mut self, who: &Who, fid: FlowId, qos: Qos) -> Result<(), AppError> {

@@ -3,7 +3,7 @@
 //!
 //! It attaches to every flow's channels as the driver would (so a bad fd, a wrong spec or an
 //! unsealed memfd fails the install), keeps staged channel pairs for later installs and drops
-//! them with the connection (`StageChannels`, `InstallStaged`), drains what apps and the flow manager transmit (counting
+//! them with the connection (`StageChannels`, `InstallStaged`, `DropStaged`), drains what apps and the flow manager transmit (counting
 //! it per flow), records the flow manager's own frames, answers ARP for the neighbours a test
 //! declares, and delivers frames a test injects to the flow manager's default flow.
 
@@ -332,6 +332,15 @@ fn handle(
             };
             (id, filter, template, qos, Ok(e))
         }
+        DriverRequest::DropStaged { id } => {
+            count(state, "drop_staged");
+            let e = staged.remove(&id);
+            lock(state).staged = staged.len();
+            return match e {
+                Some(_) => DriverReply::Ok,
+                None => err(ErrorKind::NotFound, format!("no staged pair {id}")),
+            };
+        }
         other => return handle_other(other, state, ends, default_flow),
     };
     {
@@ -440,7 +449,8 @@ fn handle_other(
         DriverRequest::Hello { .. }
         | DriverRequest::InstallFlow { .. }
         | DriverRequest::StageChannels { .. }
-        | DriverRequest::InstallStaged { .. } => err(ErrorKind::Invalid, "not here".into()),
+        | DriverRequest::InstallStaged { .. }
+        | DriverRequest::DropStaged { .. } => err(ErrorKind::Invalid, "not here".into()),
     }
 }
 

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::{Harness, GATEWAY, GATEWAY_MAC, NOBODY, PEER, PEER_MAC};
-use nemflow_flowmgr::client::ClientError;
+use nemflow_flowmgr::client::{ClientError, FlowEnds};
 use nemflow_proto::app::{AppErrorKind, AppEvent, AppRequest, OpenFlow};
 use nemflow_proto::flow::{Filter, TemplateKind};
 use nemflow_proto::wire;
@@ -84,8 +84,11 @@ fn open_installs_filter_template_and_channels() {
     }
     // The app's view of the receive data area is read-only; of the transmit one, writable.
     let acc = |fd| rustix::fs::fcntl_getfl(fd).unwrap() & rustix::fs::OFlags::RWMODE;
-    assert_eq!(acc(&flow.rx.data), rustix::fs::OFlags::RDONLY);
-    assert_eq!(acc(&flow.tx.data), rustix::fs::OFlags::RDWR);
+    let FlowEnds::Fds { tx, rx } = &flow.ends else {
+        panic!("an open without a reserve brings fds");
+    };
+    assert_eq!(acc(&rx.data), rustix::fs::OFlags::RDONLY);
+    assert_eq!(acc(&tx.data), rustix::fs::OFlags::RDWR);
     // The app's channels work end to end: a pushed packet reaches the (fake) driver.
     let (mut tx, _rx) = flow.attach().unwrap();
     let ext = tx.alloc(64).unwrap().unwrap();

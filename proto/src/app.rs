@@ -9,6 +9,18 @@
 //! [`AppReply::Opened`] carries the flow's channels as [`OPENED_FDS`] fds: the transmit channel's
 //! four (data writable), then the receive channel's four (data read-only), each in
 //! [`nemflow_rbuf::ChannelFds`] order. No request carries fds; a request with fds is an error.
+//!
+//! **Reserved channel pairs.** An app may take a channel pair ahead of any open
+//! ([`AppRequest::Reserve`], answered with [`AppReply::Reserved`] and its [`OPENED_FDS`] fds in
+//! `Opened`'s order), attach it while it has nothing better to do, and name it in a later open
+//! ([`AppRequest::OpenReserved`]), which is then answered with an [`AppReply::Opened`] that
+//! carries **no** fds: the flow runs on the channels the app mapped already. A reserved pair is
+//! of the flow manager's default geometry, counts against the uid's channel memory (and flows)
+//! from the moment it is taken, serves exactly one flow, and goes back to the driver when its
+//! connection closes unused or is given back ([`AppRequest::Unreserve`]). At most [`MAX_RESERVED_PER_CLIENT`] per connection. When the flow
+//! manager has no pair ready it answers [`AppErrorKind::NotReady`] (`EAGAIN`): open as usual.
+//! These messages were appended to their enums: every older message keeps its encoding, and a
+//! peer that predates them answers them as malformed requests (an error reply, not a hang-up).
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -219,7 +231,33 @@ pub enum AppRequest {
         /// Answer with RST.
         reset: bool,
     },
+    /// Takes a channel pair of the default geometry for a later [`AppRequest::OpenReserved`];
+    /// answered with [`AppReply::Reserved`] and [`OPENED_FDS`] fds. Refused with
+    /// [`AppErrorKind::NotReady`] when no pair is ready now, and with
+    /// [`AppErrorKind::NoBufferSpace`] when the uid's channel memory or flows are at their limit
+    /// or this connection holds [`MAX_RESERVED_PER_CLIENT`] pairs already.
+    Reserve,
+    /// Opens a flow on a pair this connection reserved; answered with [`AppReply::Opened`]
+    /// **without** fds. The request must ask for the default geometry (zero or default
+    /// [`Buffers`]). A pair that is not this connection's, or was used already, is refused
+    /// ([`AppErrorKind::NoSuchFlow`]); any other refusal (port in use, admission …) leaves the
+    /// pair reserved.
+    OpenReserved {
+        /// The flow asked for.
+        open: OpenFlow,
+        /// The pair, as [`AppReply::Reserved`] named it.
+        reserved: u32,
+    },
+    /// Gives back a pair this connection reserved and will not use (the driver unmaps it, its
+    /// quota is released); answered with [`AppReply::Ok`]. Not this connection's: `NoSuchFlow`.
+    Unreserve {
+        /// The pair.
+        reserved: u32,
+    },
 }
+
+/// Most channel pairs one connection may hold reserved ([`AppRequest::Reserve`]).
+pub const MAX_RESERVED_PER_CLIENT: usize = 1;
 
 /// Connection requests waiting for an answer per listening port, unless the app says otherwise.
 pub const DEFAULT_BACKLOG: u32 = 64;
@@ -283,6 +321,16 @@ pub enum AppReply {
     Routes(Vec<RouteEntry>),
     /// The request failed.
     Error(AppError),
+    /// A channel pair reserved for a later [`AppRequest::OpenReserved`]; its [`OPENED_FDS`] fds
+    /// come with this message, in [`AppReply::Opened`]'s order.
+    Reserved {
+        /// The pair's name, for `OpenReserved`.
+        id: u32,
+        /// Geometry of the transmit channel (the app is its TMM producer).
+        tx: ChannelSpec,
+        /// Geometry of the receive channel (the app is its RMM consumer).
+        rx: ChannelSpec,
+    },
 }
 
 /// What the flow manager sends: replies in request order, events at any time.
@@ -474,6 +522,9 @@ pub enum AppErrorKind {
     NoSuchFlow,
     /// `ENETDOWN`: the driver is unreachable or refused the flow.
     DriverUnavailable,
+    /// `EAGAIN`: nothing to give now (no channel pair ready for `Reserve`): try later, or open
+    /// without one.
+    NotReady,
 }
 
 impl AppErrorKind {
@@ -491,6 +542,7 @@ impl AppErrorKind {
             AppErrorKind::Invalid => Errno::INVAL,
             AppErrorKind::NoSuchFlow => Errno::BADF,
             AppErrorKind::DriverUnavailable => Errno::NETDOWN,
+            AppErrorKind::NotReady => Errno::AGAIN,
         }
         .raw_os_error()
     }
@@ -588,6 +640,12 @@ mod tests {
                 remote: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40001),
                 reset: true,
             },
+            AppRequest::Reserve,
+            AppRequest::OpenReserved {
+                open: OpenFlow::udp(0, None),
+                reserved: 3,
+            },
+            AppRequest::Unreserve { reserved: 3 },
         ];
         for req in reqs {
             let bytes = wire::encode(&req).unwrap();

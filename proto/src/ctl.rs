@@ -11,7 +11,8 @@
 //! is consumed by the `InstallStaged` that names it, whether that succeeds or not, and never
 //! reused after the flow goes. Staged pairs belong to the connection that staged them (the flow
 //! manager's): the driver drops every one of them when that connection closes, and counts them
-//! in [`PortInfo::staged`] meanwhile.
+//! in [`PortInfo::staged`] meanwhile. A pair the flow manager will not use after all (an app
+//! reserved it and went away) is dropped by `DropStaged`.
 
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +121,13 @@ pub enum DriverRequest {
         template: Template,
         /// Transmit QoS.
         qos: Qos,
+    },
+    /// Drops one staged pair (unmaps the driver's ends) that no flow will use: one an app
+    /// reserved and never opened a flow on. An unknown pair is `NotFound`. Like `RemoveFlow`,
+    /// the flow manager sends it without waiting for the reply.
+    DropStaged {
+        /// The staged pair.
+        id: u32,
     },
 }
 

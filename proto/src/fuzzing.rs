@@ -132,6 +132,7 @@ pub fn samples() -> (
             template: template(None),
             qos,
         },
+        DriverRequest::DropStaged { id: 3 },
     ];
     let replies = vec![
         DriverReply::Ok,
@@ -200,12 +201,28 @@ pub fn samples() -> (
             remote: peer,
             reset: true,
         },
+        AppRequest::Reserve,
+        AppRequest::OpenReserved {
+            open: open.clone(),
+            reserved: 3,
+        },
+        AppRequest::Unreserve { reserved: 3 },
     ];
     let server = vec![
         ServerMsg::Reply(AppReply::Ok),
         ServerMsg::Reply(AppReply::Error(AppError {
             kind: AppErrorKind::AddrInUse,
             message: "port 7001 is taken".into(),
+            max_slice_ns: None,
+        })),
+        ServerMsg::Reply(AppReply::Reserved {
+            id: 3,
+            tx: spec,
+            rx: spec,
+        }),
+        ServerMsg::Reply(AppReply::Error(AppError {
+            kind: AppErrorKind::NotReady,
+            message: "no channel pair ready".into(),
             max_slice_ns: None,
         })),
         ServerMsg::Event(AppEvent::Revoked {

@@ -10,7 +10,7 @@ use nemflow_proto::Qos;
 use nemflow_flowmgr::client::Client;
 use nemflow_proto::app::{Buffers, OpenFlow};
 
-use crate::{FlowConfig, Liveness, UdpFlow};
+use crate::{FlowChannels, FlowConfig, Liveness, UdpFlow};
 
 mod blast;
 mod echo;
@@ -103,7 +103,7 @@ pub fn open_flow_with(req: &FlowRequest, cfg: FlowConfig) -> Result<AppFlow, Ope
     };
     let f = client.open(&open)?;
     let id = f.id();
-    let mut flow = UdpFlow::attach(f.fib, &f.tx_spec, f.tx, &f.rx_spec, f.rx, cfg)?;
+    let mut flow = UdpFlow::new(FlowChannels::from_flow(f)?, cfg)?;
     let conn = client
         .as_fd()
         .try_clone_to_owned()

@@ -308,7 +308,7 @@ impl std::fmt::Debug for TcpStream {
 }
 
 fn attach(flow: Flow) -> Result<FlowChannels> {
-    FlowChannels::attach(flow.fib, &flow.tx_spec, flow.tx, &flow.rx_spec, flow.rx)
+    FlowChannels::from_flow(flow)
 }
 
 impl TcpStream {

@@ -35,7 +35,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use nemflow_appstack::{Error as StackError, FlowConfig, UdpFlow};
+use nemflow_appstack::{Error as StackError, FlowChannels, FlowConfig, UdpFlow};
 use nemflow_flowmgr::client::Client;
 use nemflow_proto::app::OpenFlow;
 use nemflow_testkit::driver::DriverOptions;
@@ -629,15 +629,8 @@ fn open_flow(
     let f = client
         .open(&OpenFlow::udp(local_port, remote))
         .map_err(|e| e.to_string())?;
-    let flow = UdpFlow::attach(
-        f.fib,
-        &f.tx_spec,
-        f.tx,
-        &f.rx_spec,
-        f.rx,
-        FlowConfig::default(),
-    )
-    .map_err(|e| e.to_string())?;
+    let channels = FlowChannels::from_flow(f).map_err(|e| e.to_string())?;
+    let flow = UdpFlow::new(channels, FlowConfig::default()).map_err(|e| e.to_string())?;
     Ok((flow, client))
 }
 
