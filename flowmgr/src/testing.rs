@@ -56,6 +56,10 @@ pub struct FakeState {
     pub sent: Vec<Vec<u8>>,
     /// Frames to deliver to the default flow.
     inject: VecDeque<Vec<u8>>,
+    /// Frames to deliver to one flow each, as if its filter matched them.
+    deliver: VecDeque<(FlowId, Vec<u8>)>,
+    /// Frames for a flow that could not be delivered (no such flow, no empty buffer).
+    pub deliver_dropped: u64,
     /// Injected frames dropped: no empty buffer on the default flow.
     pub inject_dropped: u64,
     /// Neighbours whose ARP the fake answers.
@@ -122,6 +126,11 @@ impl FakeDriver {
     /// Delivers `frame` to the default (flow manager's) flow, as an unmatched received frame.
     pub fn inject(&self, frame: Vec<u8>) {
         self.state().inject.push_back(frame);
+    }
+
+    /// Delivers `frame` to flow `flow`'s receive channel, as if its filter had matched it.
+    pub fn deliver(&self, flow: FlowId, frame: Vec<u8>) {
+        self.state().deliver.push_back((flow, frame));
     }
 
     /// Takes the frames the flow manager sent so far.
@@ -472,7 +481,7 @@ fn port_info(state: &Mutex<FakeState>) -> PortInfo {
 }
 
 /// Drains every flow's transmit channel; answers ARP for known neighbours; delivers injected
-/// frames to the default flow.
+/// frames to the default flow, and frames for a flow to that flow.
 fn data_path(
     state: &Mutex<FakeState>,
     ends: &mut HashMap<FlowId, Ends>,
@@ -510,6 +519,20 @@ fn data_path(
         }
     }
     s.sent.extend(sent_by_host);
+    while let Some((id, f)) = s.deliver.pop_front() {
+        let delivered = ends.get_mut(&id).is_some_and(|e| match e.rx.take_empty() {
+            Ok(Some(buf)) if e.rx.copy_in(&buf, &f).is_ok() => e.rx.push_full(buf, f.len()).is_ok(),
+            _ => false,
+        });
+        if delivered {
+            if let Some(st) = s.stats.get_mut(&id) {
+                st.rx_packets += 1;
+                st.rx_bytes += f.len() as u64;
+            }
+        } else {
+            s.deliver_dropped += 1;
+        }
+    }
     let Some(e) = default_flow.and_then(|id| ends.get_mut(&id)) else {
         return;
     };

@@ -7,6 +7,10 @@
 //! `bind(0)`, `connect`, `send` 64 bytes, then `close`. The flow manager runs in this process on
 //! its own thread, serving its real Unix socket; the driver is the in-process fake driver
 //! (`nemflow_flowmgr::testing`) unless `--config` names a configuration whose driver is running.
+//!
+//! With `--reserve`, every cycle starts (before the pause, outside the open's timing) with
+//! `Client::reserve`: the app takes a staged channel pair and attaches it, so the open that
+//! follows is a request and a reply without fds, and attaching returns the endpoints it has.
 
 #![forbid(unsafe_code)]
 
@@ -48,6 +52,10 @@ struct Args {
     /// has idle time to prepare channels ahead, as it has between real applications' opens.
     #[arg(long, default_value_t = 0)]
     gap_us: u64,
+    /// Reserve a channel pair before each cycle (timed on its own line, outside the open), so
+    /// that the open runs on channels the app attached already.
+    #[arg(long)]
+    reserve: bool,
     /// Remote of the flows (must answer ARP; with the fake driver it always does).
     #[arg(long, default_value = "10.77.0.2:9")]
     remote: SocketAddrV4,
@@ -108,10 +116,12 @@ fn run(args: Args) -> Result<(), String> {
     let mut nf_reply = Vec::new();
     let mut close_reply = Vec::new();
     let mut nf_attach = Vec::new();
+    let mut on_reserve = 0usize;
     let mut flow_cycle = |c: &mut Client| -> Result<(Duration, Duration), String> {
         let t0 = Instant::now();
         let flow = c.open(&req).map_err(|e| e.to_string())?;
         nf_reply.push(t0.elapsed());
+        on_reserve += usize::from(flow.reserved());
         let id = flow.id();
         let ta = Instant::now();
         let (mut tx, rx) = flow.attach().map_err(|e| e.to_string())?;
@@ -141,7 +151,17 @@ fn run(args: Args) -> Result<(), String> {
         Ok((t1 - t0, t2 - t1))
     };
 
+    let mut reserves = Vec::new();
+    let mut reserve = |c: &mut Client| -> Result<(), String> {
+        if args.reserve {
+            let t = Instant::now();
+            c.reserve().map_err(|e| e.to_string())?;
+            reserves.push(t.elapsed());
+        }
+        Ok(())
+    };
     for _ in 0..args.warmup {
+        reserve(&mut client)?;
         flow_cycle(&mut client)?;
         linux_cycle()?;
     }
@@ -152,6 +172,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut nf_total = Duration::ZERO;
     // Interleaved, so both see the same machine state.
     for _ in 0..args.cycles {
+        reserve(&mut client)?;
         if args.gap_us > 0 {
             std::thread::sleep(Duration::from_micros(args.gap_us));
         }
@@ -200,9 +221,14 @@ fn run(args: Args) -> Result<(), String> {
         "fake driver"
     };
     println!(
-        "flow set-up/tear-down, {} cycles each, interleaved, {} µs apart ({driver}; {} s wall)",
+        "flow set-up/tear-down, {} cycles each, interleaved, {} µs apart ({driver}{}; {} s wall)",
         args.cycles,
         args.gap_us,
+        if args.reserve {
+            ", a pair reserved before each cycle"
+        } else {
+            ""
+        },
         wall.as_secs_f64().round()
     );
     println!();
@@ -218,6 +244,12 @@ fn run(args: Args) -> Result<(), String> {
         .drain(..)
         .skip(1)
         .collect();
+    let mut reserves: Vec<Duration> = reserves.split_off(warm.min(reserves.len()));
+    let reserved_line = format!(
+        "reserve (app takes and attaches a pair, before the cycle; {} of {} opens ran on one)",
+        on_reserve,
+        args.warmup + args.cycles
+    );
     let waited = format!(
         "… opens without a staged pair ({} of {}): the driver's InstallFlow, waited for",
         install.len(),
@@ -231,11 +263,15 @@ fn run(args: Args) -> Result<(), String> {
         ),
         (waited.as_str(), &mut install),
         ("… of which attaching both channels (app)", &mut nf_attach),
+        (reserved_line.as_str(), &mut reserves),
         ("Linux socket + bind + connect + send (UDP)", &mut lx_open),
         ("nemflow close (reply + unmap)", &mut nf_close),
         ("… of which the close request", &mut close_reply),
         ("Linux close (UDP)", &mut lx_close),
     ] {
+        if v.is_empty() && name.starts_with("reserve") {
+            continue;
+        }
         let (p50, p99, max) = percentiles(v);
         println!("| {name} | {p50:.1} | {p99:.1} | {max:.1} |");
     }

@@ -79,6 +79,18 @@ enum Cmd {
         /// Keep the flow open until stdin reaches EOF.
         #[arg(long)]
         hold: bool,
+        /// Reserve a channel pair first and open the flow on it (default geometry): the open's
+        /// reply then carries no fds.
+        #[arg(long)]
+        reserve: bool,
+    },
+    /// Reserves a channel pair for a later open (as an app does ahead of its opens) and says
+    /// whether the flow manager had one to give. With --hold, keeps it, unused, until stdin
+    /// closes or the process is killed (the pair then goes back to the driver).
+    Reserve {
+        /// Keep the pair until stdin reaches EOF.
+        #[arg(long)]
+        hold: bool,
     },
     /// Writes what a flow sends and receives to a pcap file (readable by tcpdump -r and
     /// Wireshark), until COUNT frames, Ctrl-C, or the flow's end. Root only: it talks to the
@@ -297,7 +309,11 @@ fn run(args: Args) -> Result<(), String> {
             slice_ns,
             period_ns,
             hold,
+            reserve,
         } => {
+            if reserve && !c.reserve().map_err(e)? {
+                return Err("no channel pair to reserve now".into());
+            }
             let req = match transport {
                 Proto::Udp => OpenFlow::udp(port, remote),
                 Proto::Tcp => {
@@ -314,14 +330,15 @@ fn run(args: Args) -> Result<(), String> {
             let flow = c.open(&req.with_qos(qos)).map_err(e)?;
             let f = &flow.fib;
             let line = format!(
-                "flow {} local {} remote {} src {} next-hop {} mtu {}\n",
+                "flow {} local {} remote {} src {} next-hop {} mtu {}{}\n",
                 f.flow,
                 f.local,
                 f.remote.map_or("-".into(), |r| r.to_string()),
                 nemflow_flowmgr::host::fmt_mac(f.src_mac),
                 f.next_hop_mac
                     .map_or("-".into(), nemflow_flowmgr::host::fmt_mac),
-                f.mtu
+                f.mtu,
+                if flow.reserved() { " reserved" } else { "" }
             );
             if hold {
                 let mut out = std::io::stdout();
@@ -332,6 +349,22 @@ fn run(args: Args) -> Result<(), String> {
                 return Ok(());
             }
             line
+        }
+        Cmd::Reserve { hold } => {
+            let line = if c.reserve().map_err(e)? {
+                "reserved\n"
+            } else {
+                "none\n"
+            };
+            if hold {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.flush();
+                let mut sink = Vec::new();
+                let _ = std::io::stdin().read_to_end(&mut sink);
+                return Ok(());
+            }
+            line.to_owned()
         }
         Cmd::Top {
             delay,
