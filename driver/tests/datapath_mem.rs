@@ -662,6 +662,17 @@ fn staged_pairs_serve_one_flow_each_and_bad_ones_are_refused() {
         .is_err());
     assert_eq!(dp.port_info().staged, 0);
 
+    // One pair dropped on its own (an app reserved it and left): unmapped, then unknown.
+    let (_, fds) = flow_channels(&spec(64), &spec(64)).unwrap();
+    dp.stage(9, &spec(64), &spec(64), fds).unwrap();
+    assert_eq!(dp.port_info().staged, 1);
+    dp.drop_staged_pair(9).unwrap();
+    assert_eq!(dp.port_info().staged, 0);
+    assert!(matches!(
+        dp.drop_staged_pair(9),
+        Err(FlowError::NotStaged(9))
+    ));
+
     // At most MAX_STAGED wait; dropping them (their flow manager left) empties the set.
     for i in 0..MAX_STAGED as u32 {
         let (_, fds) = flow_channels(&spec(64), &spec(64)).unwrap();

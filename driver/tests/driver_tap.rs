@@ -1049,3 +1049,48 @@ fn pacing_gives_two_guarantees_their_rates() {
         }
     }
 }
+
+#[test]
+fn dropping_a_staged_pair_unknown_or_known_is_a_reply_never_a_crash() {
+    let driver = start(1_000_000_000);
+    let client = driver.client().unwrap();
+    // Unknown: an error reply, and the connection and driver carry on.
+    match client
+        .call(&DriverRequest::DropStaged { id: 77 }, &[])
+        .unwrap()
+    {
+        DriverReply::Error { kind, message } => {
+            assert_eq!(kind, nemflow_proto::ctl::ErrorKind::NotFound);
+            assert!(message.contains("77"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(port_info(&client).staged, 0);
+    // Known: dropped (unmapped), and then unknown.
+    let s = spec(64);
+    let (_app, fds) = flow_channels(&s, &s).unwrap();
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    let reply = client
+        .call(
+            &DriverRequest::StageChannels {
+                id: 5,
+                tx: s,
+                rx: s,
+            },
+            &borrowed,
+        )
+        .unwrap();
+    assert_eq!(reply, DriverReply::Ok);
+    assert_eq!(port_info(&client).staged, 1);
+    let reply = client
+        .call(&DriverRequest::DropStaged { id: 5 }, &[])
+        .unwrap();
+    assert_eq!(reply, DriverReply::Ok);
+    assert_eq!(port_info(&client).staged, 0);
+    assert!(matches!(
+        client
+            .call(&DriverRequest::DropStaged { id: 5 }, &[])
+            .unwrap(),
+        DriverReply::Error { .. }
+    ));
+}

@@ -187,3 +187,104 @@ fn kill_9_removes_the_flow_from_the_driver_and_the_port_is_refused_again() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn staged_in_driver(drv: &nemflow_testkit::driver::DriverClient) -> u32 {
+    match drv.call(&DriverRequest::PortInfo, &[]).unwrap() {
+        DriverReply::PortInfo(p) => p.staged,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Waits until the driver holds `n` staged pairs.
+fn wait_staged(drv: &nemflow_testkit::driver::DriverClient, n: u32) {
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let now = staged_in_driver(drv);
+        if now == n {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "driver holds {now} staged pairs, expected {n}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_reserved_open_reaches_the_remote_host_and_a_killed_reserve_goes_back_to_the_driver() {
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddrV4;
+    use std::process::Stdio;
+
+    use nemflow_flowmgr::client::Client;
+    use nemflow_proto::app::OpenFlow;
+    use nemflow_testkit::frames::UdpFrame;
+
+    let h = Host::start();
+    let drv = h.driver.client().unwrap();
+    // The flow manager's own staged pairs (STAGED_PAIRS), once it has been idle.
+    wait_staged(&drv, 4);
+
+    // The remote host listens on UDP 7100 with a Linux socket.
+    let mut listener = Command::new("ip")
+        .args(["netns", "exec", &h.driver.netns, "python3", "-u", "-c"])
+        .arg("import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 7100))\ns.settimeout(5)\nprint('ready')\nd,a=s.recvfrom(64)\nprint(d.decode(), a[1])\n")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(listener.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    let mut c = Client::connect(&h.socket).unwrap();
+    let end = Instant::now() + Duration::from_secs(3);
+    while !c.reserve().unwrap() {
+        assert!(Instant::now() < end, "no pair to reserve");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let remote: SocketAddrV4 = "10.77.0.2:7100".parse().unwrap();
+    let flow = c.open(&OpenFlow::udp(7101, Some(remote))).unwrap();
+    assert!(flow.reserved());
+    let fib = flow.fib.clone();
+    let (mut tx, _rx) = flow.attach().unwrap();
+    let frame = UdpFrame {
+        src_mac: fib.src_mac,
+        dst_mac: fib.next_hop_mac.expect("the remote host resolved"),
+        ..UdpFrame::new(fib.local, remote, b"reserved")
+    }
+    .build();
+    // The driver installs the filter after the open's reply: it serves the transmit channel
+    // once it has.
+    let ext = tx.alloc(frame.len()).unwrap().unwrap();
+    tx.buf_mut(ext).unwrap().copy_from_slice(&frame);
+    tx.push(nemflow_rbuf::IoRec::single(ext, 0)).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "reserved 7101");
+    let _ = listener.wait();
+    assert_eq!(h.counter("opens_reserved"), 1);
+    drop((tx, c));
+    wait_staged(&drv, 4);
+
+    // A process killed holding a reserve it never used: its pair goes back to the driver.
+    let mut app = Command::new(env!("CARGO_BIN_EXE_nemflow"))
+        .arg("--socket")
+        .arg(&h.socket)
+        .args(["reserve", "--hold"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    BufReader::new(app.stdout.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert_eq!(said.trim(), "reserved");
+    wait_staged(&drv, 5);
+    app.kill().unwrap();
+    app.wait().unwrap();
+    wait_staged(&drv, 4);
+    assert_eq!(h.counter("reserves_dropped"), 1);
+}
