@@ -165,9 +165,9 @@ pub enum FlowEnds {
     /// The endpoints of the pair [`Client::reserve`] attached (receive buffers posted).
     Attached {
         /// The transmit channel's producer.
-        tx: tmm::Producer,
+        tx: Box<tmm::Producer>,
         /// The receive channel's consumer.
-        rx: rmm::Consumer,
+        rx: Box<rmm::Consumer>,
     },
 }
 
@@ -191,7 +191,7 @@ impl Flow {
     /// driver's end of it is checked on every read.
     pub fn attach(self) -> Result<(tmm::Producer, rmm::Consumer), nemflow_rbuf::Error> {
         match self.ends {
-            FlowEnds::Attached { tx, rx } => Ok((tx, rx)),
+            FlowEnds::Attached { tx, rx } => Ok((*tx, *rx)),
             FlowEnds::Fds { tx, rx } => attach_pair(&self.tx_spec, tx, &self.rx_spec, rx),
         }
     }
@@ -326,7 +326,7 @@ impl Client {
                 open: req.clone(),
                 reserved: id,
             }) {
-                Ok((AppReply::Opened(opened), fds)) => return self.into_reserved_flow(opened, fds),
+                Ok((AppReply::Opened(opened), fds)) => return self.take_reserved_flow(opened, fds),
                 Ok((other, _)) => return Err(unexpected("OpenReserved", &other)),
                 // The flow manager does not know the pair (it should): open without it.
                 Err(ClientError::Refused(e)) if e.kind == AppErrorKind::NoSuchFlow => {
@@ -341,7 +341,7 @@ impl Client {
         }
     }
 
-    fn into_reserved_flow(
+    fn take_reserved_flow(
         &mut self,
         opened: Opened,
         fds: Vec<OwnedFd>,
@@ -366,8 +366,8 @@ impl Client {
             tx_spec: opened.tx,
             rx_spec: opened.rx,
             ends: FlowEnds::Attached {
-                tx: held.tx,
-                rx: held.rx,
+                tx: Box::new(held.tx),
+                rx: Box::new(held.rx),
             },
         })
     }

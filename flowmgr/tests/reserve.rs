@@ -2,6 +2,8 @@
 //! against the fake driver: traffic on a reserved open, quotas, the pair's return to the driver
 //! when its app leaves (or is killed), and requests naming pairs that are not the caller's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // in tests, a failed expectation is the failure
+
 mod common;
 
 use std::io::{BufRead, BufReader};
