@@ -392,7 +392,15 @@ impl Client {
             attach_pair(&tx_spec, tx, &rx_spec, rx).map_err(ClientError::Channel)
         });
         match attached {
-            Ok((tx, rx)) => {
+            Ok((mut tx, rx)) => {
+                // The buffer the first send will take (the free list is a stack): its page
+                // is faulted in now rather than on that send.
+                if let Ok(Some(ext)) = tx.alloc(1) {
+                    if let Ok(b) = tx.buf_mut(ext) {
+                        b.fill(0);
+                    }
+                    let _ = tx.free(ext);
+                }
                 self.held = Some(Held {
                     id,
                     tx_spec,
