@@ -66,6 +66,25 @@
 //! when it closes, see `nemflow_driver::control`). Opens of other geometries, or when no pair
 //! is staged, hand the driver their channels and wait, as before.
 //!
+//! **Reserved pairs.** An app may also take a staged pair *ahead of its open*
+//! ([`client::Client::reserve`], `AppRequest::Reserve`): the flow manager answers with the pair's
+//! eight app-side fds, and the app attaches them (maps, posts its receive buffers, faults in the
+//! buffer its first send takes) while it has nothing better to do. A later open of the default
+//! geometry names the pair (`OpenReserved`) and is answered without fds; the driver gets the
+//! same `InstallStaged` after the reply, and the first send goes straight to channels already
+//! mapped. A reserved pair belongs to the connection that took it (at most
+//! `MAX_RESERVED_PER_CLIENT`, one), counts against its uid's flows and channel memory from the
+//! reserve on (the flow it becomes inherits that share), and goes back to the driver
+//! (`DropStaged`, pipelined like `RemoveFlow`) when the connection closes without using it or
+//! gives it back (`Unreserve`). An `OpenReserved` naming a pair the connection does not hold is
+//! refused (`NoSuchFlow`, counter `opens_reserved_refused`); any other refusal (port in use,
+//! admission, another geometry) leaves the pair reserved. With no pair staged the answer is
+//! `NotReady` (`EAGAIN`, counter `reserves_unavailable`) and the app opens as before. Apps hold
+//! at most `MAX_STAGED - STAGED_PAIRS` (12) pairs reserved at once, all together, so that the
+//! flow manager's own staging never meets the driver's limit. Reserving is the app's choice,
+//! never automatic: a held pair is ~0.5 MiB of channel memory (mostly not resident). Staging
+//! keeps its rules: a pair taken by a reserve is replaced in a quiet moment, as one an open took.
+//!
 //! `Close` is answered before the flow is removed from the driver: the removal follows at once,
 //! before anything else is served, so no later request can see the flow's port or share.
 //!
