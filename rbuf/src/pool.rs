@@ -414,4 +414,102 @@ mod tests {
         assert_eq!(p.alloc(), Some(a));
         assert!(held(&p, a));
     }
+
+    proptest::proptest! {
+        /// Random allocations (one or a batch), frees, pushes (`hand_out` and
+        /// `hand_out_extents`), returns (to the stack or held) and runs on 8 buffers, against a
+        /// model of each buffer's owner: every operation is accepted exactly when the model
+        /// allows it, and `is_held` agrees with the model after each.
+        #[test]
+        fn ownership_matches_a_model(
+            ops in proptest::collection::vec((0u8..7, 0u32..8, 1usize..4), 1..300),
+        ) {
+            #[derive(Clone, Copy, PartialEq, Debug)]
+            enum Own { Free, Held, Out }
+            let mut p = Pool::new(8 * 64, 64, 64);
+            let mut model = [Own::Free; 8];
+            let mut shadow = [0u32; 8];
+            let mut pushed = 0usize;
+            let rec = |b: u32| IoRec::single(Extent::new(b * 64, 8), 0);
+            for (op, b, n) in ops {
+                match op {
+                    0 => {
+                        let got = p.alloc().map(|e| e.offset / 64);
+                        let free = model.iter().filter(|&&o| o == Own::Free).count();
+                        proptest::prop_assert_eq!(got.is_some(), free > 0);
+                        if let Some(g) = got {
+                            proptest::prop_assert_eq!(model[g as usize], Own::Free);
+                            model[g as usize] = Own::Held;
+                        }
+                    }
+                    1 => {
+                        let mut out = [Extent::default(); 3];
+                        let k = p.alloc_batch(8, &mut out[..n]);
+                        let free = model.iter().filter(|&&o| o == Own::Free).count();
+                        proptest::prop_assert_eq!(k, n.min(free));
+                        for e in &out[..k] {
+                            let g = (e.offset / 64) as usize;
+                            proptest::prop_assert_eq!(model[g], Own::Free);
+                            model[g] = Own::Held;
+                        }
+                    }
+                    2 => {
+                        let ok = p.free_rec(&rec(b)).is_ok();
+                        proptest::prop_assert_eq!(ok, model[b as usize] == Own::Held);
+                        if ok {
+                            model[b as usize] = Own::Free;
+                        }
+                    }
+                    3 => {
+                        let ok = p.hand_out(&rec(b)).is_ok();
+                        proptest::prop_assert_eq!(ok, model[b as usize] == Own::Held);
+                        if ok {
+                            model[b as usize] = Own::Out;
+                        }
+                    }
+                    4 => {
+                        let k = p.hand_out_extents(&[rec(b).extents[0]], &mut shadow, pushed);
+                        proptest::prop_assert_eq!(k == 1, model[b as usize] == Own::Held);
+                        if k == 1 {
+                            model[b as usize] = Own::Out;
+                            pushed += 1;
+                        }
+                    }
+                    5 => {
+                        let ok = p.take_back_free(&rec(b)).is_ok();
+                        proptest::prop_assert_eq!(ok, model[b as usize] == Own::Out);
+                        if ok {
+                            model[b as usize] = Own::Free;
+                        }
+                    }
+                    _ => {
+                        // A run over the last pushes (some may have come back already): frees
+                        // the leading ones that are out.
+                        let m = n.min(pushed).min(shadow.len());
+                        let start = pushed - m;
+                        let freed = p.free_out_run(&shadow, start, m);
+                        let mut want = 0;
+                        for k in 0..m {
+                            let g = shadow[(start + k) % shadow.len()] as usize;
+                            if model[g] != Own::Out {
+                                break;
+                            }
+                            model[g] = Own::Free;
+                            want += 1;
+                        }
+                        proptest::prop_assert_eq!(freed, want);
+                    }
+                }
+                for (g, &o) in model.iter().enumerate() {
+                    proptest::prop_assert_eq!(
+                        p.is_held(&Extent::new(g as u32 * 64, 8)),
+                        o == Own::Held,
+                        "buffer {}", g
+                    );
+                }
+                let free = model.iter().filter(|&&o| o == Own::Free).count();
+                proptest::prop_assert_eq!(p.free_count(), free);
+            }
+        }
+    }
 }
