@@ -48,6 +48,9 @@ pub(crate) struct Waker {
     wakeups_sent: Cell<u64>,
     /// Blocking calls that timed out.
     timeouts: Cell<u64>,
+    /// [`asymmetric`], read once at construction: the notify on every publish tests a field
+    /// instead of calling through the `OnceLock` (which stayed out of line).
+    asym: bool,
 }
 
 // SAFETY: the flags point into the control mapping owned by the same endpoint; fds are plain.
@@ -61,8 +64,9 @@ impl Waker {
         peer_event: OwnedFd,
     ) -> Self {
         // Register for asymmetric barriers before the first notify or wait.
-        let _ = asymmetric();
+        let asym = asymmetric();
         Waker {
+            asym,
             my_flag,
             peer_flag,
             my_event,
@@ -84,12 +88,12 @@ impl Waker {
     }
 
     /// Called after every index store: wakes the peer if it sleeps.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn notify_peer(&self) {
         // Orders our index store (above) before the flag load; pairs with the barrier in `arm`
         // between the waiter's flag store and its condition check. With membarrier, the waiter's
         // `membarrier` call is the full barrier for both sides and ours only stops the compiler.
-        if asymmetric() {
+        if self.asym {
             compiler_fence(Ordering::SeqCst);
         } else {
             fence(Ordering::SeqCst);
@@ -110,8 +114,7 @@ impl Waker {
         // Full barrier: the flag store is visible before our condition re-check reads the peer's
         // index; pairs with the barrier in `notify_peer`. membarrier also forces a full barrier
         // on every CPU running a registered process (the peer), see the module doc.
-        if !asymmetric() || rustix::thread::membarrier(MembarrierCommand::GlobalExpedited).is_err()
-        {
+        if !self.asym || rustix::thread::membarrier(MembarrierCommand::GlobalExpedited).is_err() {
             fence(Ordering::SeqCst);
         }
     }

@@ -110,6 +110,11 @@ fn has_prefetchw() -> bool {
     })
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+fn has_prefetchw() -> bool {
+    false
+}
+
 /// Raw view of one FIFO in a mapping: where its two indices and its slots are.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FifoView {
@@ -143,14 +148,14 @@ impl FifoView {
         unsafe { self.slots.as_ptr().add(i).cast::<[u64; 2]>() }
     }
 
-    /// Starts fetching the cache lines of slots `index..index + n` (for writing if `write`), so
+    /// Starts fetching the cache lines of slots `index..index + n` (for writing if `write`, which
+    /// the caller sets only if the CPU [`has_prefetchw`]), so
     /// the transfers from the other core overlap instead of stalling one store or load at a time.
     #[inline]
     fn prefetch(&self, index: u32, n: u32, write: bool) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let write = write && has_prefetchw();
             // Four 16-byte slots per 64-byte line: one prefetch per line the slots touch.
             if n == 0 {
                 return;
@@ -163,7 +168,7 @@ impl FifoView {
                     .cast::<i8>()
                     .cast_const();
                 if write {
-                    // SAFETY: PREFETCHW (checked present) is only a hint: it never faults and has
+                    // SAFETY: PREFETCHW (checked present by the caller) is only a hint: it never faults and has
                     // no architectural effect; the address is inside the slot array anyway.
                     // (`_MM_HINT_ET0` compiles to a read prefetch without the `prfchw` target
                     // feature, hence the asm.)
@@ -208,6 +213,8 @@ pub(crate) struct ProdCursor {
     view: FifoView,
     head: u32,
     tail_seen: u32,
+    /// [`has_prefetchw`], read once at construction (its `OnceLock` stayed out of line).
+    prefetchw: bool,
 }
 
 impl ProdCursor {
@@ -217,6 +224,7 @@ impl ProdCursor {
             view,
             head: start,
             tail_seen: start,
+            prefetchw: has_prefetchw(),
         }
     }
 
@@ -256,7 +264,7 @@ impl ProdCursor {
     /// Announces that the next `n` slots will be written.
     #[inline]
     pub(crate) fn prefetch(&self, n: u32) {
-        self.view.prefetch(self.head, n, true);
+        self.view.prefetch(self.head, n, self.prefetchw);
     }
 
     /// Writes `rec` from the `i`-th free slot on (not yet published); returns the slots it took

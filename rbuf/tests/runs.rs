@@ -282,6 +282,83 @@ fn push_extents_refuses_buffers_not_held() {
     assert!(all_free(&app));
 }
 
+/// An allocation marks nothing (a buffer off the free stack is held): a buffer never allocated,
+/// one freed again and one pushed already are still refused by `buf_mut` and the pushes, also
+/// after a free reuses the stack position of a buffer still held.
+#[test]
+fn held_buffers_are_exactly_those_allocated_and_not_pushed_or_freed() {
+    let (_fds, _raw, mut app, mut drv) = channel();
+    let never = Extent::new(200 * 256, 8);
+    assert!(matches!(app.buf_mut(never), Err(Error::NotHeld { .. })));
+    assert!(matches!(
+        app.push_extents(&[never], 0),
+        Err(Error::NotHeld { .. })
+    ));
+    let mut ab = [Extent::default(); 2];
+    assert_eq!(app.alloc_batch(8, &mut ab).unwrap(), 2);
+    let [a, b] = ab;
+    // `a` goes back on the stack where `b` was taken from; `b` stays held.
+    app.free(a).unwrap();
+    assert!(matches!(app.buf_mut(a), Err(Error::NotHeld { .. })));
+    assert!(app.free(a).is_err(), "freed twice");
+    assert!(matches!(
+        app.push_extents(&[a], 0),
+        Err(Error::NotHeld { .. })
+    ));
+    assert!(matches!(
+        app.push(IoRec::single(a, 0)),
+        Err(Error::NotHeld { .. })
+    ));
+    app.buf_mut(b).unwrap().copy_from_slice(b"12345678");
+    assert_eq!(app.push_extents(&[b], 0).unwrap(), 1);
+    assert!(matches!(app.buf_mut(b), Err(Error::NotHeld { .. })));
+    assert!(matches!(
+        app.push_extents(&[b], 0),
+        Err(Error::NotHeld { .. })
+    ));
+    assert!(matches!(
+        app.push(IoRec::single(b, 0)),
+        Err(Error::NotHeld { .. })
+    ));
+    // `a` again, off the stack: held once more.
+    let a2 = app.alloc(8).unwrap().unwrap();
+    assert_eq!(a2, a);
+    app.buf_mut(a2).unwrap();
+    assert_eq!(app.push_extents(&[a2], 0).unwrap(), 1);
+    let mut got = [IoRec::default(); 2];
+    assert_eq!(drv.pop_batch(&mut got).unwrap(), 2);
+    drv.release_batch(&got).unwrap();
+    assert_eq!(app.reclaim().unwrap(), 2);
+    assert!(all_free(&app));
+    assert_eq!(app.counters().invalid_iorecs(), 0);
+}
+
+/// A hostile run or record naming a buffer that came back and was allocated again (held, with
+/// nothing marked by the allocation) is refused and counted; the buffer stays held.
+#[test]
+fn a_late_return_of_a_reallocated_buffer_is_refused() {
+    let (_fds, raw, mut app, mut drv) = channel();
+    push(&mut app, 1);
+    let r = drv.pop().unwrap().unwrap();
+    drv.release(r).unwrap();
+    assert_eq!(app.reclaim().unwrap(), 1);
+    let e = app.alloc(8).unwrap().unwrap();
+    assert_eq!(
+        e.offset, r.extents[0].offset,
+        "the same buffer, off the stack"
+    );
+    // Push number 0 again by run, and the buffer by extent.
+    raw.write_raw_slot(FifoId::Empty, 1, run_words(0, 1));
+    raw.write_raw_slot(FifoId::Empty, 2, one_slot(IoRec::single(e, 0)));
+    raw.set_index(IndexWord::EmptyHead, 3);
+    assert_eq!(app.reclaim().unwrap(), 0);
+    assert_eq!(app.counters().invalid_not_owned, 2);
+    app.buf_mut(e).unwrap();
+    assert_eq!(app.buffers().1, app.buffers().0 - 1, "still held");
+    app.free(e).unwrap();
+    assert!(all_free(&app));
+}
+
 proptest::proptest! {
     /// Any interleaving of pushes (one to three extents), pops and releases in any order (whole
     /// prefixes in order, or shuffled subsets): every buffer comes back, nothing is invalid.
