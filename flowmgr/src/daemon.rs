@@ -2856,6 +2856,28 @@ impl<D: DriverLink> Daemon<D> {
                 });
             }
         }
+        for (&cid, c) in &self.clients {
+            if mine && cid != who.cid {
+                continue;
+            }
+            for _ in &c.reserved {
+                v.push(FlowInfo {
+                    id: FlowId(0),
+                    kind: FlowKind::Reserved,
+                    transport: Transport::Raw { ethertype: 0 },
+                    local: SocketAddrV4::new(self.routes.ip(), 0),
+                    remote: None,
+                    qos: Qos::BEST_EFFORT,
+                    owner: see(c.uid).then(|| Owner {
+                        uid: c.uid,
+                        pid: c.pid,
+                        comm: c.comm.clone(),
+                    }),
+                    channel_bytes: self.pair_bytes(),
+                    age_ms: 0,
+                });
+            }
+        }
         if !mine {
             for (port, remote, left) in self.ports.time_waits(now) {
                 v.push(FlowInfo {

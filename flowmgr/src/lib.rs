@@ -81,7 +81,8 @@
 //! admission, another geometry) leaves the pair reserved. With no pair staged the answer is
 //! `NotReady` (`EAGAIN`, counter `reserves_unavailable`) and the app opens as before. Apps hold
 //! at most `MAX_STAGED - STAGED_PAIRS` (12) pairs reserved at once, all together, so that the
-//! flow manager's own staging never meets the driver's limit. Reserving is the app's choice,
+//! flow manager's own staging never meets the driver's limit. `nemflow flows` lists each
+//! reserved pair (`RESERVED`, with its owner and channel memory). Reserving is the app's choice,
 //! never automatic: a held pair is ~0.5 MiB of channel memory (mostly not resident). Staging
 //! keeps its rules: a pair taken by a reserve is replaced in a quiet moment, as one an open took.
 //!

@@ -21,6 +21,7 @@ fn users(f: &FlowInfo) -> String {
 fn netid_state(f: &FlowInfo) -> (String, &'static str) {
     let netid = match (f.kind, f.transport) {
         (FlowKind::Host, _) => "host".to_string(),
+        (FlowKind::Reserved, _) => "-".to_string(),
         (_, Transport::Udp) => "udp".into(),
         (_, Transport::Tcp) => "tcp".into(),
         (_, Transport::Raw { .. }) => "raw".into(),
@@ -29,6 +30,7 @@ fn netid_state(f: &FlowInfo) -> (String, &'static str) {
         FlowKind::Listen => "LISTEN",
         FlowKind::TimeWait => "TIME-WAIT",
         FlowKind::Host => "UNCONN",
+        FlowKind::Reserved => "RESERVED",
         FlowKind::Flow if f.remote.is_some() => "ESTAB",
         FlowKind::Flow => "UNCONN",
     };
@@ -38,6 +40,7 @@ fn netid_state(f: &FlowInfo) -> (String, &'static str) {
 fn local(f: &FlowInfo) -> String {
     match (f.kind, f.transport) {
         (FlowKind::Host, _) => format!("{}:*", f.local.ip()),
+        (FlowKind::Reserved, _) => "-".into(),
         (_, Transport::Raw { ethertype }) => format!("*:{ethertype:#06x}"),
         _ => f.local.to_string(),
     }
@@ -340,6 +343,23 @@ mod tests {
         );
         assert!(lines[3].starts_with("tcp   LISTEN"), "{text}");
         assert!(lines[4].contains("*:0x88b5"), "{text}");
+    }
+
+    #[test]
+    fn a_reserved_pair_is_listed_without_an_address() {
+        let text = flows(&[info(
+            0,
+            FlowKind::Reserved,
+            Transport::Raw { ethertype: 0 },
+            None,
+        )]);
+        let line = text.lines().nth(1).unwrap_or_default();
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[..3], ["-", "RESERVED", "-"], "{text}");
+        assert!(
+            line.ends_with("users:((\"app\",pid=42,uid=1000))"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -134,6 +134,16 @@ fn a_reserve_counts_against_the_uids_channel_memory() {
     let _flow = a.open(&OpenFlow::udp(0, None)).unwrap();
     let mut b = h.client();
     reserve(&mut b);
+    // Listed with its owner and the channel memory it holds.
+    let listed: Vec<_> = b
+        .flows()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.kind == nemflow_proto::app::FlowKind::Reserved)
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].channel_bytes, 528 << 10);
+    assert!(listed[0].owner.is_some());
     let mut c = h.client();
     let e = c.reserve().unwrap_err();
     assert!(

@@ -509,7 +509,9 @@ fn a_second_flow_manager_is_refused_while_one_is_connected_and_accepted_once_it_
     let f = c
         .open(&OpenFlow::udp(5000, None))
         .expect("the first still opens flows");
-    assert!(driver_flows(&drv).contains(&f.id()));
+    // Installed right after the open's reply, pipelined.
+    assert!(wait_until(Duration::from_secs(2), || driver_flows(&drv)
+        .contains(&f.id())));
 
     // On the control socket itself: reading is open to any root client, changing flows is not.
     let other = h.driver.client().unwrap();

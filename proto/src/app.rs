@@ -413,6 +413,8 @@ pub enum FlowKind {
     TimeWait,
     /// The flow manager's own last-resort flow.
     Host,
+    /// A channel pair an app reserved for a later open (`Reserve`): channels, no flow yet.
+    Reserved,
 }
 
 /// One line of `nemflow flows`.
