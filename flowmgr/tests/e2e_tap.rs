@@ -152,7 +152,12 @@ fn kill_9_removes_the_flow_from_the_driver_and_the_port_is_refused_again() {
         }) => false,
         other => panic!("{other:?}"),
     };
-    assert!(in_driver(&drv));
+    // The driver installs the flow right after the open is answered (pipelined).
+    let t = Instant::now();
+    while !in_driver(&drv) {
+        assert!(t.elapsed() < Duration::from_secs(2), "flow not installed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // The flow takes the datagram: no refusal while it exists.
     assert_eq!(h.udp_probe(7000), "timeout");
     let t = Instant::now();

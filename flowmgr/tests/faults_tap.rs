@@ -36,14 +36,21 @@ fn peer_ip() -> Ipv4Addr {
     PEER_IP.parse().unwrap()
 }
 
-/// Waits until a flow with local port `port` exists; its id.
+/// Waits until a flow with local port `port` exists, in the flow manager and in the driver
+/// (which installs it just after the open is answered); its id.
 fn wait_flow(host: &NemflowHost, port: u16, kids: &mut Children) -> FlowId {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut c) = Client::connect(&host.socket) {
             if let Ok(flows) = c.all_flows() {
                 if let Some(f) = flows.iter().find(|f| f.local.port() == port && f.id.0 > 1) {
-                    return f.id;
+                    let installed = host
+                        .driver
+                        .client()
+                        .is_ok_and(|d| flow_stats(&d, f.id).is_some());
+                    if installed {
+                        return f.id;
+                    }
                 }
             }
         }

@@ -28,14 +28,23 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until a flow with local port `port` exists; its id.
-fn wait_flow(socket: &Path, port: u16) -> FlowId {
+/// Waits until a flow with local port `port` exists, in the flow manager and in the driver
+/// (which installs it just after the open is answered); its id.
+fn wait_flow(host: &NemflowHost, port: u16) -> FlowId {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(mut c) = Client::connect(socket) {
+        if let Ok(mut c) = Client::connect(&host.socket) {
             if let Ok(flows) = c.all_flows() {
                 if let Some(f) = flows.iter().find(|f| f.local.port() == port && f.id.0 > 1) {
-                    return f.id;
+                    let installed = host.driver.client().is_ok_and(|d| {
+                        matches!(
+                            d.call(&DriverRequest::FlowStats { id: Some(f.id) }, &[]),
+                            Ok(DriverReply::FlowStats(v)) if !v.is_empty()
+                        )
+                    });
+                    if installed {
+                        return f.id;
+                    }
                 }
             }
         }
@@ -137,7 +146,7 @@ fn metrics_move_with_traffic_and_match_the_drivers_counters() {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     // 5% of the 1 Gbit/s link, no slack: traffic enough to count, light on a shared machine.
     let mut app = blast(&host, &["--slice-ms", "5", "--seconds", "3"]);
-    let fid = wait_flow(&host.socket, 7001);
+    let fid = wait_flow(&host, 7001);
     std::thread::sleep(Duration::from_millis(300));
     let drv = host.driver.client().unwrap();
     let flow = fid.0.to_string();
@@ -241,7 +250,7 @@ fn telemetry(prefix: &str, commands: &[&str]) -> Vec<serde_json::Value> {
 fn dpdk_telemetry_lists_and_answers_nemflows_commands() {
     let host = NemflowHost::start(&DriverOptions::default(), "").unwrap();
     let mut app = blast(&host, &["--slice-ms", "5", "--seconds", "2"]);
-    let fid = wait_flow(&host.socket, 7001);
+    let fid = wait_flow(&host, 7001);
     // Snapshots are published every 100 ms: let one with traffic in it appear.
     std::thread::sleep(Duration::from_millis(400));
     let flow_cmd = format!("/nemflow/flow,{}", fid.0);
@@ -412,7 +421,7 @@ fn a_capture_holds_the_frames_the_remote_host_saw() {
     let mut remote = remote_tcpdump(&host, &theirs, "udp and src port 7001");
     // 1% of 1 Gbit/s: a pace the remote tcpdump keeps up with.
     let mut app = blast(&host, &["--slice-ms", "1", "--seconds", "2"]);
-    let fid = wait_flow(&host.socket, 7001);
+    let fid = wait_flow(&host, 7001);
     let cap = capture(&host, fid, "tx", &ours, 200)
         .wait_with_output()
         .unwrap();
@@ -764,7 +773,7 @@ impl Drop for Tmux {
 fn top_in_a_terminal_shows_the_running_flows_and_quits_on_q() {
     let host = NemflowHost::start(&DriverOptions::default(), "").unwrap();
     let mut app = blast(&host, &["--slice-ms", "5", "--seconds", "4"]);
-    let fid = wait_flow(&host.socket, 7001);
+    let fid = wait_flow(&host, 7001);
     let tmux = Tmux(nemflow_testkit::unique_name("nftop"));
     let top = format!(
         "NEMFLOW_FLOWMGR_SOCKET={} {} top -d 0.3",
