@@ -399,8 +399,10 @@ fn handle<P: Port>(
             Ok(()) => DriverReply::Ok,
             Err(e) => flow_error(e),
         },
+        // Answered with the flow's last counters: a TCP flow's sequence state as it stood when
+        // the flow stopped sending, for the flow manager's RST.
         DriverRequest::RemoveFlow { id } => match dp.remove(id) {
-            Ok(_) => DriverReply::Ok,
+            Ok(stats) => DriverReply::FlowStats(vec![stats]),
             Err(e) => flow_error(e),
         },
         DriverRequest::FlowStats { id } => match dp.flow_stats(id) {

@@ -589,7 +589,7 @@ fn remove_stale_flows<D: DriverLink>(driver: &mut D) -> Result<Stale, StartError
     };
     for f in &stale {
         match driver.call(&DriverRequest::RemoveFlow { id: f.id }, &[])? {
-            DriverReply::Ok => {
+            DriverReply::Ok | DriverReply::FlowStats(_) => {
                 found.removed += 1;
                 tracing::debug!(flow = %f.id, tx_packets = f.tx_packets, rx_packets = f.rx_packets, "stale flow removed");
                 if let Some(seen) = f
@@ -1199,7 +1199,8 @@ impl<D: DriverLink> Daemon<D> {
                     );
                     self.staging = false;
                 }
-                (InFlight::Install(_) | InFlight::Remove(_), DriverReply::Ok) => {}
+                (InFlight::Install(_) | InFlight::Remove(_), DriverReply::Ok)
+                | (InFlight::Remove(_), DriverReply::FlowStats(_)) => {}
                 (InFlight::Remove(fid), DriverReply::Error { message, .. }) => {
                     tracing::warn!(flow = %fid, %message, "driver did not remove the flow");
                 }
@@ -1660,19 +1661,23 @@ impl<D: DriverLink> Daemon<D> {
             }
             _ => None,
         };
-        let seen = match tcp_conn {
-            Some(_) if driver_ok && self.fatal.is_none() => self.tcp_seen(fid),
-            _ => None,
-        };
+        let mut seen = None;
         if driver_ok && self.fatal.is_none() {
-            // Not waited for: the driver removes it before it serves our next request, and the
-            // reply is checked when read (`on_answered`).
-            match self
-                .driver
-                .send(&DriverRequest::RemoveFlow { id: fid }, &[])
-            {
-                Ok(sent) => sent.tag(InFlight::Remove(fid)),
-                Err(e) => self.fatal = Some(e.to_string()),
+            if tcp_conn.is_some() {
+                // Waited for: the reply carries the connection's sequence state as it stood
+                // when the flow stopped sending, which the RST must match (asked before the
+                // removal, it would miss what the flow sent in between).
+                seen = self.remove_tcp_flow(fid);
+            } else {
+                // Not waited for: the driver removes it before it serves our next request, and
+                // the reply is checked when read (`on_answered`).
+                match self
+                    .driver
+                    .send(&DriverRequest::RemoveFlow { id: fid }, &[])
+                {
+                    Ok(sent) => sent.tag(InFlight::Remove(fid)),
+                    Err(e) => self.fatal = Some(e.to_string()),
+                }
             }
         }
         let _ = self.admission.remove_flow(fid.0);
@@ -1693,14 +1698,18 @@ impl<D: DriverLink> Daemon<D> {
         tracing::debug!(flow = %fid, "flow removed");
     }
 
-    /// The driver's view of a TCP flow's sequence space (`None` if it never carried a segment
-    /// or the driver cannot say).
-    fn tcp_seen(&mut self, fid: FlowId) -> Option<TcpSeen> {
+    /// Removes a TCP flow from the driver; its sequence space as the driver saw it last
+    /// (`None` if it never carried a segment or the driver cannot say).
+    fn remove_tcp_flow(&mut self, fid: FlowId) -> Option<TcpSeen> {
         match self
             .driver
-            .call(&DriverRequest::FlowStats { id: Some(fid) }, &[])
+            .call(&DriverRequest::RemoveFlow { id: fid }, &[])
         {
             Ok(DriverReply::FlowStats(v)) => v.into_iter().find(|s| s.id == fid)?.tcp,
+            Ok(DriverReply::Error { message, .. }) => {
+                tracing::warn!(flow = %fid, %message, "driver did not remove the flow");
+                None
+            }
             Ok(_) => None,
             Err(e) => {
                 self.fatal = Some(e.to_string());

@@ -421,11 +421,15 @@ fn handle_other(
                 *default_flow = None;
             }
             let mut s = lock(state);
-            s.stats.remove(&id);
+            let last = s.stats.remove(&id);
             match s.flows.remove(&id) {
                 Some(_) => {
                     s.removed.push((id, Instant::now()));
-                    DriverReply::Ok
+                    // As the driver: the flow's last counters.
+                    DriverReply::FlowStats(vec![last.unwrap_or(FlowStats {
+                        id,
+                        ..FlowStats::default()
+                    })])
                 }
                 None => err(ErrorKind::NotFound, format!("no flow {id}")),
             }

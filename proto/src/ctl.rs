@@ -52,7 +52,9 @@ pub enum DriverRequest {
         /// Its new QoS.
         qos: Qos,
     },
-    /// Removes a flow: filter, scheduling and channel mappings go at once.
+    /// Removes a flow: filter, scheduling and channel mappings go at once. Answered with
+    /// `FlowStats` holding the flow's last counters (a TCP flow's sequence state as it stood
+    /// when it stopped sending).
     RemoveFlow {
         /// The flow.
         id: FlowId,
