@@ -2458,18 +2458,10 @@ impl<D: DriverLink> Daemon<D> {
                 }
             }
         }
-        let fib = self.record_flow(p, mac);
+        let opened = self.record_flow(p, mac);
         let mut fds = tx.into_vec();
         fds.extend(app_rx.into_vec());
-        Ok((
-            AppReply::Opened(Opened {
-                fib,
-                qos: p.qos,
-                tx: p.tx,
-                rx: p.rx,
-            }),
-            fds,
-        ))
+        Ok((opened, fds))
     }
 
     /// An open on a pair the app reserved: the driver gets `InstallStaged` after the reply, as
@@ -2507,20 +2499,12 @@ impl<D: DriverLink> Daemon<D> {
                 qos: p.qos,
             },
         ));
-        let fib = self.record_flow(p, mac);
-        Ok((
-            AppReply::Opened(Opened {
-                fib,
-                qos: p.qos,
-                tx: p.tx,
-                rx: p.rx,
-            }),
-            Vec::new(),
-        ))
+        Ok((self.record_flow(p, mac), Vec::new()))
     }
 
-    /// Enters an installed (or being installed) flow in the table; returns its FIB.
-    fn record_flow(&mut self, p: &Prepared, mac: Option<[u8; 6]>) -> Fib {
+    /// Enters an installed (or being installed) flow in the table; returns the app's `Opened`
+    /// reply (its FIB, QoS and channel geometry).
+    fn record_flow(&mut self, p: &Prepared, mac: Option<[u8; 6]>) -> AppReply {
         let fib = Fib {
             flow: p.id,
             local: p.local,
@@ -2554,7 +2538,12 @@ impl<D: DriverLink> Daemon<D> {
         }
         self.counters.flows_opened += 1;
         tracing::debug!(flow = %p.id, local = %p.local, remote = ?p.remote, uid = p.who.uid, "flow installed");
-        fib
+        AppReply::Opened(Opened {
+            fib,
+            qos: p.qos,
+            tx: p.tx,
+            rx: p.rx,
+        })
     }
 
     fn set_qos(&mut self, who: &Who, fid: FlowId, qos: Qos) -> Result<(), AppError> {

@@ -274,19 +274,7 @@ fn a_reserved_open_reaches_the_remote_host_and_a_killed_reserve_goes_back_to_the
     wait_staged(&drv, 4);
 
     // A process killed holding a reserve it never used: its pair goes back to the driver.
-    let mut app = Command::new(env!("CARGO_BIN_EXE_nemflow"))
-        .arg("--socket")
-        .arg(&h.socket)
-        .args(["reserve", "--hold"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = String::new();
-    BufReader::new(app.stdout.take().unwrap())
-        .read_line(&mut said)
-        .unwrap();
-    assert_eq!(said.trim(), "reserved");
+    let mut app = common::hold_reserve(&h.socket);
     wait_staged(&drv, 5);
     app.kill().unwrap();
     app.wait().unwrap();

@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddrV4;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Harness, PEER};
@@ -171,24 +169,6 @@ fn a_reserve_counts_against_the_uids_channel_memory() {
     assert!(h.counter("reserves_refused") >= 1);
 }
 
-/// `nemflow reserve --hold` against the harness: a process holding an unused reserve.
-fn hold_reserve(h: &Harness) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nemflow"))
-        .arg("--socket")
-        .arg(&h.socket)
-        .args(["reserve", "--hold"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "reserved");
-    child
-}
-
 #[test]
 fn an_unused_reserve_goes_back_to_the_driver_when_its_app_leaves() {
     // Room for exactly two flows' channels.
@@ -203,7 +183,7 @@ fn an_unused_reserve_goes_back_to_the_driver_when_its_app_leaves() {
     wait_staged(&h, STAGED);
     assert_eq!(drop_staged_requests(&h), 1);
     // One killed with -9.
-    let mut app = hold_reserve(&h);
+    let mut app = common::hold_reserve(&h.socket);
     wait_staged(&h, STAGED + 1);
     app.kill().unwrap();
     app.wait().unwrap();

@@ -117,6 +117,25 @@ pub fn hold_flow(socket: &std::path::Path, args: &[&str]) -> (Child, String, u32
     (child, line, id)
 }
 
+/// `nemflow reserve --hold` on `socket`: a process holding a reserved channel pair it never
+/// uses, once it has said so.
+pub fn hold_reserve(socket: &std::path::Path) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nemflow"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["reserve", "--hold"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn nemflow reserve --hold");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the reserve's line");
+    assert_eq!(line.trim(), "reserved");
+    child
+}
+
 /// The config file for a flow manager in `dir`; `flowmgr_extra` lines are indented two spaces.
 pub fn config_text(dir: &std::path::Path, flowmgr_extra: &str) -> String {
     let extra: String = flowmgr_extra.lines().map(|l| format!("  {l}\n")).collect();
