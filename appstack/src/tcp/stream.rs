@@ -123,6 +123,16 @@ impl Engine {
         }
     }
 
+    /// Whether the engine has an ACK (or anything else) to send within its ACK delay: in
+    /// TIME-WAIT nothing else is due for seconds.
+    fn ack_pending(&mut self) -> bool {
+        let delay = self
+            .sock()
+            .ack_delay()
+            .map_or(Duration::ZERO, |d| Duration::from_micros(d.total_micros()));
+        self.poll_delay().is_some_and(|d| d <= delay)
+    }
+
     /// When the engine next needs a poll (`None`: only when something arrives).
     fn poll_delay(&mut self) -> Option<Duration> {
         let now = smoltcp::time::Instant::now();
@@ -788,7 +798,12 @@ impl TcpStream {
                 break Err(e);
             }
             match self.eng.state() {
-                State::Closed | State::TimeWait | State::Listen => break Ok(()),
+                State::Closed | State::Listen => break Ok(()),
+                // Both FINs are in, but the ACK of the peer's may still be delayed (or waiting
+                // for a transmit buffer): once this stream is gone nobody would send it, and
+                // the peer would wait in LAST-ACK. Done when nothing is due sooner than an ACK
+                // delay (what is left is the TIME-WAIT timer).
+                State::TimeWait if !self.eng.ack_pending() => break Ok(()),
                 _ => {}
             }
             if let Err(e) = self.eng.wait(deadline) {

@@ -128,6 +128,66 @@ fn handshake_bulk_both_ways_and_close_with_policed_headers() {
     );
 }
 
+/// Hands every frame one side's driver end holds to the other side; returns how many.
+fn carry(from: &mut DriverEnds, to: &mut DriverEnds) -> usize {
+    let frames = from.take_frames().unwrap();
+    for f in &frames {
+        to.inject(f).unwrap();
+    }
+    frames.len()
+}
+
+/// The TCP flags of a frame (Ethernet + 20-byte IPv4 header).
+fn flags(frame: &[u8]) -> (bool, bool) {
+    let t = TcpPacket::new_checked(&frame[34..]).unwrap();
+    (t.ack(), t.fin())
+}
+
+#[test]
+fn close_after_the_peers_fin_sends_its_delayed_ack_before_returning() {
+    let ((mut a, mut da), (mut b, mut db)) = pair(64);
+    b.listen_on_flow().unwrap();
+    a.connect_on_flow().unwrap();
+    carry(&mut da, &mut db);
+    b.poll().unwrap();
+    carry(&mut db, &mut da);
+    a.poll().unwrap();
+    carry(&mut da, &mut db);
+    b.poll().unwrap();
+    // A's FIN, acknowledged: A waits in FIN-WAIT-2.
+    a.shutdown(std::net::Shutdown::Write).unwrap();
+    carry(&mut da, &mut db);
+    b.poll().unwrap();
+    carry(&mut db, &mut da);
+    a.poll().unwrap();
+    assert!(da.take_frames().unwrap().is_empty());
+    // B's last bytes, then its FIN, arrive together: the bytes start A's delayed-ACK timer, and
+    // the FIN takes A to TIME-WAIT with that ACK still to send.
+    b.write_all(b"last words").unwrap();
+    b.shutdown(std::net::Shutdown::Write).unwrap();
+    let fin = db.take_frames().unwrap();
+    assert!(fin.iter().any(|f| flags(f).1), "B sent its FIN");
+    for f in &fin {
+        da.inject(f).unwrap();
+    }
+    a.poll().unwrap();
+    assert!(
+        da.take_frames().unwrap().is_empty(),
+        "the ACK of B's FIN waits for the ACK delay"
+    );
+    // Closing A must not leave that ACK unsent: B would wait in LAST-ACK for it.
+    a.close().unwrap();
+    let late = da.take_frames().unwrap();
+    assert!(
+        late.iter().any(|f| flags(f) == (true, false)),
+        "A's close returned without sending the ACK of B's FIN"
+    );
+    for f in &late {
+        db.inject(f).unwrap();
+    }
+    b.close().unwrap();
+}
+
 #[test]
 fn the_syn_handed_over_is_answered_with_an_isn_above_the_floor() {
     for floor in [0u32, 1 << 31, u32::MAX - 3, 77_777] {
