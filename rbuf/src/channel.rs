@@ -11,7 +11,7 @@ use crate::error::{Error, FifoId, IndexError, IoRecError, RegionError, Result};
 use crate::event::Waker;
 use crate::iorec::{IoRec, Limits};
 use crate::region::{self, Mapping};
-use crate::ring::{FifoView, Slot};
+use crate::ring::{ConsCursor, FifoView, ProdCursor, Slot};
 use crate::spec::{ChannelSpec, ControlHeader, HEADER_BYTES, MAGIC, VERSION};
 
 /// The four fds of a channel, in the order they travel over a socket: data area, control area,
@@ -401,4 +401,29 @@ fn check_header(hdr: &ControlHeader, spec: &ChannelSpec) -> Result<()> {
         u64::from(spec.max_packet_bytes),
     )?;
     Ok(())
+}
+
+/// How many slots a consuming side may take now from `input` (the full FIFO for a TMM consumer,
+/// the empty FIFO for an RMM producer): available there, with room on `output` to hand back
+/// their iorecs and everything already held (`held` slots), and no more than `want` iorecs can
+/// take (two slots each).
+#[inline(always)]
+pub(crate) fn consumable(
+    core: &mut Core,
+    input: &mut ConsCursor,
+    output: &mut ProdCursor,
+    held: u32,
+    want: u32,
+) -> Result<u32> {
+    let avail = input.avail(want).map_err(|e| core.index_violation(e))?;
+    if avail == 0 {
+        return Ok(0);
+    }
+    // Up to two slots per iorec: read the peer's index again unless the cached room covers the
+    // most this call could take (else a stale view could keep a two-slot record waiting).
+    let want = want.saturating_mul(2).min(avail);
+    let room = output
+        .room(held.saturating_add(want))
+        .map_err(|e| core.index_violation(e))?;
+    Ok(want.min(room.saturating_sub(held)))
 }

@@ -10,7 +10,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-use crate::channel::{ChannelFds, Core, FdSource, Side};
+use crate::channel::{consumable, ChannelFds, Core, FdSource, Side};
 use crate::counters::Counters;
 use crate::error::{Error, IoRecError, Result};
 use crate::event::Waker;
@@ -346,7 +346,7 @@ impl Producer {
     fn take_records(&mut self, out: &mut [IoRec], one: bool) -> Result<usize> {
         self.core.check()?;
         let want = u32::try_from(out.len()).unwrap_or(u32::MAX);
-        let limit = takeable(
+        let limit = consumable(
             &mut self.core,
             &mut self.empty,
             &mut self.full,
@@ -477,7 +477,7 @@ impl Producer {
     /// Whether `take_empty` would return something now.
     pub fn ready(&mut self) -> Result<bool> {
         self.core.check()?;
-        let limit = takeable(
+        let limit = consumable(
             &mut self.core,
             &mut self.empty,
             &mut self.full,
@@ -499,7 +499,7 @@ impl Producer {
         } = self;
         waker.wait(timeout, || {
             core.check()?;
-            let limit = takeable(core, empty, full, *held_slots, 1)?;
+            let limit = consumable(core, empty, full, *held_slots, 1)?;
             Ok(empty.head_fits(limit))
         })
     }
@@ -533,30 +533,6 @@ impl Producer {
     pub fn held(&self) -> u32 {
         self.held
     }
-}
-
-/// How many slots may be consumed now: posted on the empty FIFO, with room on the full FIFO to
-/// push their iorecs and everything already held (`held` slots), and no more than `want` iorecs
-/// can take (two slots each).
-#[inline(always)]
-fn takeable(
-    core: &mut Core,
-    empty: &mut ConsCursor,
-    full: &mut ProdCursor,
-    held: u32,
-    want: u32,
-) -> Result<u32> {
-    let avail = empty.avail(want).map_err(|e| core.index_violation(e))?;
-    if avail == 0 {
-        return Ok(0);
-    }
-    // Up to two slots per iorec: read the consumer's index again unless the cached room covers
-    // the most this call could take (else a stale view could keep a two-slot record waiting).
-    let want = want.saturating_mul(2).min(avail);
-    let room = full
-        .room(held.saturating_add(want))
-        .map_err(|e| core.index_violation(e))?;
-    Ok(want.min(room.saturating_sub(held)))
 }
 
 impl AsFd for Producer {

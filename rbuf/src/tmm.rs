@@ -14,7 +14,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-use crate::channel::{ChannelFds, Core, FdSource, Side};
+use crate::channel::{consumable, ChannelFds, Core, FdSource, Side};
 use crate::counters::Counters;
 use crate::error::{Error, IoRecError, Result};
 use crate::event::Waker;
@@ -583,7 +583,7 @@ impl Consumer {
     fn pop_records(&mut self, out: &mut [IoRec], one: bool) -> Result<usize> {
         self.core.check()?;
         let want = u32::try_from(out.len()).unwrap_or(u32::MAX);
-        let limit = poppable(
+        let limit = consumable(
             &mut self.core,
             &mut self.full,
             &mut self.empty,
@@ -874,7 +874,7 @@ impl Consumer {
     /// Whether `pop` would return something now.
     pub fn ready(&mut self) -> Result<bool> {
         self.core.check()?;
-        let limit = poppable(
+        let limit = consumable(
             &mut self.core,
             &mut self.full,
             &mut self.empty,
@@ -896,7 +896,7 @@ impl Consumer {
         } = self;
         waker.wait(timeout, || {
             core.check()?;
-            let limit = poppable(core, full, empty, *held_slots, 1)?;
+            let limit = consumable(core, full, empty, *held_slots, 1)?;
             Ok(full.head_fits(limit))
         })
     }
@@ -936,30 +936,6 @@ impl Consumer {
     pub fn data_area(&self) -> (std::ptr::NonNull<u8>, usize) {
         (self.core.data.ptr(), self.core.data.len())
     }
-}
-
-/// How many slots may be consumed now: available on the full FIFO, with room on the empty FIFO
-/// to release their iorecs and everything already held (`held` slots), and no more than `want`
-/// iorecs can take (two slots each).
-#[inline(always)]
-fn poppable(
-    core: &mut Core,
-    full: &mut ConsCursor,
-    empty: &mut ProdCursor,
-    held: u32,
-    want: u32,
-) -> Result<u32> {
-    let avail = full.avail(want).map_err(|e| core.index_violation(e))?;
-    if avail == 0 {
-        return Ok(0);
-    }
-    // Up to two slots per iorec: read the producer's index again unless the cached room covers
-    // the most this call could take (else a stale view could keep a two-slot record waiting).
-    let want = want.saturating_mul(2).min(avail);
-    let room = empty
-        .room(held.saturating_add(want))
-        .map_err(|e| core.index_violation(e))?;
-    Ok(want.min(room.saturating_sub(held)))
 }
 
 impl AsFd for Consumer {

@@ -341,11 +341,7 @@ fn run(args: Args) -> Result<(), String> {
                 if flow.reserved() { " reserved" } else { "" }
             );
             if hold {
-                let mut out = std::io::stdout();
-                let _ = out.write_all(line.as_bytes());
-                let _ = out.flush();
-                let mut sink = Vec::new();
-                let _ = std::io::stdin().read_to_end(&mut sink);
+                print_and_hold(&line);
                 return Ok(());
             }
             line
@@ -357,11 +353,7 @@ fn run(args: Args) -> Result<(), String> {
                 "none\n"
             };
             if hold {
-                let mut out = std::io::stdout();
-                let _ = out.write_all(line.as_bytes());
-                let _ = out.flush();
-                let mut sink = Vec::new();
-                let _ = std::io::stdin().read_to_end(&mut sink);
+                print_and_hold(line);
                 return Ok(());
             }
             line.to_owned()
@@ -388,6 +380,16 @@ fn run(args: Args) -> Result<(), String> {
     };
     print!("{text}");
     Ok(())
+}
+
+/// `--hold`: prints `line` at once, then keeps the connection (and what it holds) until stdin
+/// closes.
+fn print_and_hold(line: &str) {
+    let mut out = std::io::stdout();
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
 }
 
 #[cfg(test)]
