@@ -7,14 +7,24 @@
 
 use std::time::Instant;
 
+use clap::Parser;
+
 use nemflow_rbuf::{create, tmm, ChannelSpec, Extent, IoRec};
 
-fn opt(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// Both ends of an rbuf TMM channel in one thread: ns per iorec of the producer's and the
+/// consumer's calls, apart (no cross-core traffic).
+#[derive(Parser, Debug)]
+#[command(name = "rbuf_split")]
+struct Args {
+    /// Iorecs per round.
+    #[arg(long, default_value_t = 20_000_000)]
+    iters: u64,
+    /// Iorecs per batch call.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Rounds (medians are printed).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 /// Time-stamp counter, or the monotonic clock off x86_64 (only differences are used).
@@ -85,10 +95,11 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let iters = opt(&args, "--iters", 20_000_000);
-    let batch = opt(&args, "--batch", 32) as usize;
-    let rounds = opt(&args, "--rounds", 5) as usize;
+    let Args {
+        iters,
+        batch,
+        rounds,
+    } = Args::parse();
     let tpn = ticks_per_ns();
     let mut parts: [Vec<f64>; 4] = Default::default();
     for _ in 0..rounds {

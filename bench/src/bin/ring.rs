@@ -10,7 +10,8 @@
 //! (this binary re-executed with `--child`) is the producer on CPU 1; the parent is the consumer
 //! on CPU 0 and keeps the time.
 //!
-//! `ring [--iters N] [--runs R] [--lat-samples S]`: prints a Markdown table of medians.
+//! `ring [--iters N] [--runs R] [--lat-samples S] [--only rbuf32|latency]`: prints Markdown
+//! tables of medians (`--help` says more).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
@@ -19,6 +20,7 @@ use std::process::{Child, Command};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use nemflow_rbuf::{create, fdpass, tmm, ChannelFds, ChannelSpec, Extent, IoRec};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -518,7 +520,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn parent(iters: u64, runs: usize, lat_samples: u64) -> Result<(), String> {
+fn parent(args: &Args) -> Result<(), String> {
     pin(0);
     let prefix = format!("bench-ring-{}", std::process::id());
     let eal_args = [
@@ -544,22 +546,30 @@ fn parent(iters: u64, runs: usize, lat_samples: u64) -> Result<(), String> {
     if rc < 0 {
         return Err(format!("rte_eal_init failed ({rc})"));
     }
-    let result = measure(iters, runs, lat_samples);
+    let result = measure(args);
     // SAFETY: EAL was initialised above and nothing DPDK-owned is alive any more.
     unsafe { dpdk_sys::rte_eal_cleanup() };
     let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
     result
 }
 
-fn measure(iters: u64, runs: usize, lat_samples: u64) -> Result<(), String> {
-    // `RING_ONLY_RBUF=1`: rbuf at batch 32 only (for profiling).
-    if std::env::var_os("RING_ONLY_RBUF").is_some() {
+fn measure(args: &Args) -> Result<(), String> {
+    let (iters, runs, lat_samples) = (args.iters, args.runs, args.lat_samples);
+    if args.only == Some(Only::Rbuf32) {
         println!(
             "rbuf batch 32: {:.1} M iorecs/s",
             throughput(Imp::Rbuf, iters, 32)? / 1e6
         );
         return Ok(());
     }
+    if args.only != Some(Only::Latency) {
+        throughput_table(iters, runs)?;
+    }
+    latency_table(runs, lat_samples)
+}
+
+/// Throughput at batches 1, 8 and 32, all three rings in each run.
+fn throughput_table(iters: u64, runs: usize) -> Result<(), String> {
     println!(
         "Cross-process, producer on CPU 1, consumer on CPU 0; {runs} runs, medians; rbuf wakes with membarrier: {}.\n",
         nemflow_rbuf::uses_membarrier()
@@ -586,6 +596,11 @@ fn measure(iters: u64, runs: usize, lat_samples: u64) -> Result<(), String> {
         let (mra, mrc) = (median(&mut ra), median(&mut rc));
         println!("| {batch} | {ma:.1} | {mb:.1} | {mra:.2} | {mc:.1} | {mrc:.2} |");
     }
+    Ok(())
+}
+
+/// One-way latency, busy-polling (both) and blocking (rbuf).
+fn latency_table(runs: usize, lat_samples: u64) -> Result<(), String> {
     println!("\n| one-way latency (ns) | p50 | p99 | p99.9 |");
     println!("|---|---|---|---|");
     let cases = [
@@ -616,27 +631,47 @@ fn measure(iters: u64, runs: usize, lat_samples: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Rbuf TMM channel against DPDK's rte_ring (16- and 32-byte elements), across two processes
+/// pinned to CPUs 1 (producer) and 0 (consumer): throughput at batches 1, 8 and 32, and one-way
+/// latency busy-polling and blocking. Needs the EAL (`--no-huge`, a file prefix of its own).
+#[derive(Parser, Debug)]
+#[command(name = "ring")]
+struct Args {
+    /// Entries moved per throughput measurement.
+    #[arg(long, default_value_t = 5_000_000)]
+    iters: u64,
+    /// Runs of each measurement (medians are printed; ratios are paired within a run).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Samples per busy-poll latency run (blocking runs take a tenth).
+    #[arg(long, default_value_t = 100_000)]
+    lat_samples: u64,
+    /// Run one part only.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+}
+
+/// The parts `--only` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// rbuf alone at batch 32, one run (for profiling and for comparing two builds).
+    Rbuf32,
+    /// the latency table alone.
+    Latency,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--child") {
-        if let Err(e) = child(&args[2..]) {
+    let raw: Vec<String> = std::env::args().collect();
+    // The producer: this binary re-executed by the parent (not a user-facing option).
+    if raw.get(1).map(String::as_str) == Some("--child") {
+        if let Err(e) = child(&raw[2..]) {
             eprintln!("ring child: {e}");
             std::process::exit(1);
         }
         return;
     }
-    let opt = |name: &str, default: u64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    if let Err(e) = parent(
-        opt("--iters", 5_000_000),
-        opt("--runs", 5) as usize,
-        opt("--lat-samples", 100_000),
-    ) {
+    let args = Args::parse();
+    if let Err(e) = parent(&args) {
         eprintln!("ring: {e}");
         std::process::exit(1);
     }
