@@ -808,6 +808,19 @@ mod tests {
         buf
     }
 
+    /// A whole unfragmented UDP datagram from the peer to us, in its Ethernet frame.
+    fn udp_from_peer(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        ip_frame(
+            MAC,
+            PEER,
+            US,
+            IpProtocol::Udp,
+            &udp(PEER, US, sport, dport, payload),
+            0,
+            false,
+        )
+    }
+
     fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
         let mut l4 = vec![0u8; 8 + payload.len()];
         UdpRepr {
@@ -986,15 +999,7 @@ mod tests {
             held: true,
             ..SapLookup::default()
         };
-        let dgram = ip_frame(
-            MAC,
-            PEER,
-            US,
-            IpProtocol::Udp,
-            &udp(PEER, US, 5555, 9, b"early"),
-            0,
-            false,
-        );
+        let dgram = udp_from_peer(5555, 9, b"early");
         let mut out = Vec::new();
         assert!(h
             .on_frame(Instant::now(), &dgram, |_, _, _| held, &mut out)
@@ -1030,15 +1035,7 @@ mod tests {
     #[test]
     fn closed_udp_port_gets_port_unreachable_quoting_the_datagram() {
         let mut h = host();
-        let f = ip_frame(
-            MAC,
-            PEER,
-            US,
-            IpProtocol::Udp,
-            &udp(PEER, US, 5555, 9, b"hello"),
-            0,
-            false,
-        );
+        let f = udp_from_peer(5555, 9, b"hello");
         let out = run(&mut h, &f);
         assert_eq!(out.len(), 1);
         let ip = reply_ip(&out[0]);
@@ -1056,15 +1053,7 @@ mod tests {
         );
         assert_eq!(h.counters().udp_port_unreachable, 1);
         // A long datagram is quoted up to 576 bytes in all.
-        let big = ip_frame(
-            MAC,
-            PEER,
-            US,
-            IpProtocol::Udp,
-            &udp(PEER, US, 5555, 9, &[7u8; 1400]),
-            0,
-            false,
-        );
+        let big = udp_from_peer(5555, 9, &[7u8; 1400]);
         let out = run(&mut h, &big);
         assert_eq!(out[0].len() - 14, ICMP_ERROR_MAX_BYTES);
     }
@@ -1400,15 +1389,7 @@ mod tests {
     #[test]
     fn errors_are_rate_limited_and_counted() {
         let mut h = host();
-        let f = ip_frame(
-            MAC,
-            PEER,
-            US,
-            IpProtocol::Udp,
-            &udp(PEER, US, 1, 9, b"x"),
-            0,
-            false,
-        );
+        let f = udp_from_peer(1, 9, b"x");
         let t = Instant::now();
         let mut out = Vec::new();
         for _ in 0..80 {
@@ -1433,15 +1414,7 @@ mod tests {
     #[test]
     fn damaged_frames_are_counted_never_answered() {
         let mut h = host();
-        let good = ip_frame(
-            MAC,
-            PEER,
-            US,
-            IpProtocol::Udp,
-            &udp(PEER, US, 1, 9, b"payload"),
-            0,
-            false,
-        );
+        let good = udp_from_peer(1, 9, b"payload");
         let mut bad_sum = good.clone();
         let n = bad_sum.len();
         bad_sum[n - 1] ^= 0xff; // UDP checksum no longer matches
