@@ -1901,6 +1901,8 @@ fn raise_fd_limit() {
 
 fn run(args: &Args) -> Res<()> {
     let pid = std::process::id();
+    // What killed runs left (their testpmd children's too).
+    nemflow_bench::remove_stale_dpdk_dirs("nfb-");
     let prefix = format!("nfb-drv-{pid}");
     let tap_iface = format!("nfbd{pid}");
     let want = |p: Part| args.parts.contains(&p);

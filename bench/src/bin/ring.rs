@@ -522,6 +522,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn parent(args: &Args) -> Result<(), String> {
     pin(0);
+    nemflow_bench::remove_stale_dpdk_dirs("bench-ring-");
     let prefix = format!("bench-ring-{}", std::process::id());
     let eal_args = [
         "nemflow-bench",
