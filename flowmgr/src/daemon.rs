@@ -260,6 +260,17 @@ struct Conn {
     reserved: Vec<u32>,
 }
 
+impl Conn {
+    /// The connected process, as `nemflow flows` shows it.
+    fn owner(&self) -> Owner {
+        Owner {
+            uid: self.uid,
+            pid: self.pid,
+            comm: self.comm.clone(),
+        }
+    }
+}
+
 /// Who is asking.
 #[derive(Debug, Clone)]
 struct Who {
@@ -390,8 +401,6 @@ pub struct Daemon<D: DriverLink> {
     stage_after: Instant,
     /// No staging before then either, unless nothing is staged (see [`STAGE_QUIET`]).
     quiet_until: Instant,
-    /// Staged pairs held by apps (`Reserve`), all connections together.
-    reserved_total: usize,
 }
 
 /// Most staged pairs apps may hold reserved at once, all together: with the flow manager's own
@@ -813,7 +822,6 @@ impl<D: DriverLink> Daemon<D> {
             staging: true,
             stage_after: Instant::now(),
             quiet_until: Instant::now(),
-            reserved_total: 0,
         };
         d.default_spec = d
             .channel_spec(0, 0, "default")
@@ -1559,11 +1567,15 @@ impl<D: DriverLink> Daemon<D> {
         );
     }
 
+    /// Staged pairs held by apps (`Reserve`), all connections together.
+    fn reserved_total(&self) -> usize {
+        self.clients.values().map(|c| c.reserved.len()).sum()
+    }
+
     /// Gives a reserved pair its app never used back: its quota to the uid, and the driver
     /// unmaps it (`DropStaged`, not waited for, like `RemoveFlow`).
     fn drop_reserved(&mut self, uid: u32, id: u32, driver_ok: bool) {
         self.send_installs();
-        self.reserved_total = self.reserved_total.saturating_sub(1);
         self.counters.reserves_dropped += 1;
         self.policy.release(uid, self.pair_bytes());
         if driver_ok && self.fatal.is_none() {
@@ -1602,7 +1614,7 @@ impl<D: DriverLink> Daemon<D> {
             self.counters.reserves_unavailable += 1;
             return Err(not_now("the driver does not stage pairs"));
         }
-        if self.reserved_total >= MAX_RESERVED {
+        if self.reserved_total() >= MAX_RESERVED {
             self.counters.reserves_unavailable += 1;
             return Err(not_now("the most pairs the driver keeps are reserved"));
         }
@@ -1632,7 +1644,6 @@ impl<D: DriverLink> Daemon<D> {
         if let Some(c) = self.clients.get_mut(&who.cid) {
             c.reserved.push(pair.id);
         }
-        self.reserved_total += 1;
         self.counters.reserves_taken += 1;
         tracing::debug!(pair = pair.id, uid = who.uid, "channel pair reserved");
         let mut fds = pair.tx.into_vec();
@@ -2487,7 +2498,6 @@ impl<D: DriverLink> Daemon<D> {
                 format!("no reserved channel pair {pair} on this connection"),
             ));
         }
-        self.reserved_total = self.reserved_total.saturating_sub(1);
         self.counters.opens_reserved += 1;
         self.installs.push((
             p.id,
@@ -2844,11 +2854,7 @@ impl<D: DriverLink> Daemon<D> {
                     local: SocketAddrV4::new(self.routes.ip(), port),
                     remote: None,
                     qos: Qos::BEST_EFFORT,
-                    owner: see(c.uid).then(|| Owner {
-                        uid: c.uid,
-                        pid: c.pid,
-                        comm: c.comm.clone(),
-                    }),
+                    owner: see(c.uid).then(|| c.owner()),
                     channel_bytes: 0,
                     age_ms: 0,
                 });
@@ -2866,11 +2872,7 @@ impl<D: DriverLink> Daemon<D> {
                     local: SocketAddrV4::new(self.routes.ip(), 0),
                     remote: None,
                     qos: Qos::BEST_EFFORT,
-                    owner: see(c.uid).then(|| Owner {
-                        uid: c.uid,
-                        pid: c.pid,
-                        comm: c.comm.clone(),
-                    }),
+                    owner: see(c.uid).then(|| c.owner()),
                     channel_bytes: self.pair_bytes(),
                     age_ms: 0,
                 });
