@@ -71,7 +71,7 @@ const AHEAD: usize = 32;
 /// While the data path is saturated (a full receive burst, or a full transmit budget last
 /// time), every idle transmit channel is looked at within this time, a share of them each poll:
 /// a look costs a cache miss or two per channel, and with 1 000 open flows looking at 64 per
-/// burst of 32 frames took a fifth of the receive path's time (BENCHMARKS, driver). A flow
+/// burst of 32 frames took an eighth of the receive path's time (BENCHMARKS, driver). A flow
 /// that starts sending under saturation waits at most this long to be scheduled, small next to
 /// the scheduler's periods. Idle, the data path looks at them all every poll.
 const SWEEP_WHEN_BUSY_NS: u64 = 500_000;
