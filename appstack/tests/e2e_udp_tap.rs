@@ -347,15 +347,20 @@ fn udp_ping_checks_linux_echo_servers_and_nc_receives_its_bytes() {
     assert_all_intact("socat PIPE", &out, SIZES.len() as u64 - 1);
     drop(socat);
 
-    // socat handing each client to `cat`.
+    // socat handing each client to `cat`. `cat` sees a byte stream (a socketpair), so a
+    // datagram comes back whole only if `cat` reads it in one piece: the kernel writes a larger
+    // one (60 000 bytes) into the socketpair in two buffers, and under load `cat` may read and
+    // echo the first alone (seen once in CI, as one "corrupt" echo). Sizes up to 8 000 bytes,
+    // fragmented ones included, go in one buffer; the large ones are checked with the servers
+    // above.
     let socat = Running::spawn(
         remote(&host, "socat")
             .args(["-b", "65536", "UDP-LISTEN:9002,fork", "EXEC:cat"])
             .stderr(Stdio::null()),
     );
     wait_udp_listener(&host, 9002);
-    let out = ping(&host, 9002, 6, &[1, 64, 1472, 1473, 8000, 60_000], 3000);
-    assert_all_intact("socat EXEC:cat", &out, 6);
+    let out = ping(&host, 9002, 5, &[1, 64, 1472, 1473, 8000], 3000);
+    assert_all_intact("socat EXEC:cat", &out, 5);
     drop(socat);
 
     // nc as an echo server: its output fed back to its input through a FIFO.
