@@ -427,3 +427,61 @@ pub(crate) fn consumable(
         .map_err(|e| core.index_violation(e))?;
     Ok(want.min(room.saturating_sub(held)))
 }
+
+/// Whether a consuming side could take something now: the channel is not broken and
+/// [`consumable`] allows at least the next record at `input`'s head.
+#[inline]
+pub(crate) fn can_consume(
+    core: &mut Core,
+    input: &mut ConsCursor,
+    output: &mut ProdCursor,
+    held: u32,
+) -> Result<bool> {
+    core.check()?;
+    let limit = consumable(core, input, output, held, 1)?;
+    Ok(input.head_fits(limit))
+}
+
+/// The calls all four endpoints share, for a type with fields `core: Core` and `waker: Waker`
+/// and a `ready(&mut self) -> Result<bool>` of its own: the event-loop pair `prepare_wait` /
+/// `finish_wait`, `counters`, `broken`, and its [`AsFd`] (documented by `$fd_doc`).
+macro_rules! endpoint_common {
+    ($t:ident, $fd_doc:literal) => {
+        impl $t {
+            /// For event loops: arms the wake-up and says whether work is already there (`true`:
+            /// do not sleep). On `false`, sleep until [`AsFd::as_fd`](std::os::fd::AsFd::as_fd)
+            /// is readable (poll/epoll), then call [`finish_wait`](Self::finish_wait).
+            pub fn prepare_wait(&mut self) -> $crate::error::Result<bool> {
+                self.waker.arm();
+                let r = self.ready();
+                if !matches!(r, Ok(false)) {
+                    self.waker.disarm();
+                }
+                r
+            }
+
+            /// Disarms the wake-up and drains the eventfd after a sleep.
+            pub fn finish_wait(&mut self) {
+                self.waker.disarm();
+            }
+
+            /// This endpoint's counters.
+            pub fn counters(&self) -> $crate::counters::Counters {
+                self.waker.fill(self.core.counters)
+            }
+
+            /// Why the channel is broken, if it is.
+            pub fn broken(&self) -> Option<&str> {
+                self.core.broken.as_deref()
+            }
+        }
+
+        impl std::os::fd::AsFd for $t {
+            #[doc = $fd_doc]
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                self.waker.fd()
+            }
+        }
+    };
+}
+pub(crate) use endpoint_common;

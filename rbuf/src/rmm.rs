@@ -7,11 +7,9 @@
 //! ```
 //! No empty buffer when a frame arrives: the driver drops it and counts, for this flow only.
 
-use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-use crate::channel::{consumable, ChannelFds, Core, FdSource, Side};
-use crate::counters::Counters;
+use crate::channel::{can_consume, consumable, ChannelFds, Core, FdSource, Side};
 use crate::error::{Error, IoRecError, Result};
 use crate::event::Waker;
 use crate::iorec::IoRec;
@@ -249,43 +247,13 @@ impl Consumer {
         })
     }
 
-    /// For event loops: see [`crate::tmm::Producer::prepare_wait`].
-    pub fn prepare_wait(&mut self) -> Result<bool> {
-        self.waker.arm();
-        let r = self.ready();
-        if !matches!(r, Ok(false)) {
-            self.waker.disarm();
-        }
-        r
-    }
-
-    /// Disarms the wake-up and drains the eventfd after a sleep.
-    pub fn finish_wait(&mut self) {
-        self.waker.disarm();
-    }
-
-    /// This endpoint's counters.
-    pub fn counters(&self) -> Counters {
-        self.waker.fill(self.core.counters)
-    }
-
-    /// Why the channel is broken, if it is.
-    pub fn broken(&self) -> Option<&str> {
-        self.core.broken.as_deref()
-    }
-
     /// Buffers in the pool, and of those free (not posted, not held) now.
     pub fn buffers(&self) -> (usize, usize) {
         (self.pool.buffers(), self.pool.free_count())
     }
 }
 
-impl AsFd for Consumer {
-    /// Readable when the driver pushed a filled buffer.
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.waker.fd()
-    }
-}
+crate::channel::endpoint_common!(Consumer, "Readable when the driver pushed a filled buffer.");
 
 /// The driver's end of a receive channel: takes validated empty buffers, copies frames in and
 /// pushes them full. Treats everything in shared memory as hostile.
@@ -476,15 +444,12 @@ impl Producer {
 
     /// Whether `take_empty` would return something now.
     pub fn ready(&mut self) -> Result<bool> {
-        self.core.check()?;
-        let limit = consumable(
+        can_consume(
             &mut self.core,
             &mut self.empty,
             &mut self.full,
             self.held_slots,
-            1,
-        )?;
-        Ok(self.empty.head_fits(limit))
+        )
     }
 
     /// Blocks until [`ready`](Self::ready) or `timeout` (`Err(Timeout)`).
@@ -497,36 +462,7 @@ impl Producer {
             held_slots,
             ..
         } = self;
-        waker.wait(timeout, || {
-            core.check()?;
-            let limit = consumable(core, empty, full, *held_slots, 1)?;
-            Ok(empty.head_fits(limit))
-        })
-    }
-
-    /// For event loops: see [`crate::tmm::Producer::prepare_wait`].
-    pub fn prepare_wait(&mut self) -> Result<bool> {
-        self.waker.arm();
-        let r = self.ready();
-        if !matches!(r, Ok(false)) {
-            self.waker.disarm();
-        }
-        r
-    }
-
-    /// Disarms the wake-up and drains the eventfd after a sleep.
-    pub fn finish_wait(&mut self) {
-        self.waker.disarm();
-    }
-
-    /// This endpoint's counters.
-    pub fn counters(&self) -> Counters {
-        self.waker.fill(self.core.counters)
-    }
-
-    /// Why the channel is broken, if it is.
-    pub fn broken(&self) -> Option<&str> {
-        self.core.broken.as_deref()
+        waker.wait(timeout, || can_consume(core, empty, full, *held_slots))
     }
 
     /// Empty buffers taken and not yet pushed.
@@ -535,9 +471,7 @@ impl Producer {
     }
 }
 
-impl AsFd for Producer {
-    /// Readable when the application posted buffers or popped filled ones.
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.waker.fd()
-    }
-}
+crate::channel::endpoint_common!(
+    Producer,
+    "Readable when the application posted buffers or popped filled ones."
+);

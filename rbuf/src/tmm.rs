@@ -8,14 +8,12 @@
 //!
 //! The consumer hands back iorecs it releases in the order it popped them (the usual case) as
 //! one *run* record per stretch of consecutive push numbers ([`crate::iorec::run_words`]); the
-//! producer frees their buffers from its private [`Shadow`] of what it pushed, without reading
+//! producer frees their buffers from its private shadow of what it pushed, without reading
 //! them back from shared memory. Out-of-order releases go back one record per iorec, as before.
 
-use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-use crate::channel::{consumable, ChannelFds, Core, FdSource, Side};
-use crate::counters::Counters;
+use crate::channel::{can_consume, consumable, ChannelFds, Core, FdSource, Side};
 use crate::error::{Error, IoRecError, Result};
 use crate::event::Waker;
 use crate::iorec::{is_run, run_words, slots_of_header, Extent, IoRec, Limits, RUN_WINDOW};
@@ -400,33 +398,6 @@ impl Producer {
         waker.wait(timeout, || ready(core, waker, full, empty, pool, shadow))
     }
 
-    /// For event loops: arms the wake-up and says whether work is already there (`true`: do not
-    /// sleep). On `false`, sleep until [`AsFd::as_fd`] is readable (poll/epoll), then call
-    /// [`finish_wait`](Self::finish_wait).
-    pub fn prepare_wait(&mut self) -> Result<bool> {
-        self.waker.arm();
-        let r = self.ready();
-        if !matches!(r, Ok(false)) {
-            self.waker.disarm();
-        }
-        r
-    }
-
-    /// Disarms the wake-up and drains the eventfd after a sleep.
-    pub fn finish_wait(&mut self) {
-        self.waker.disarm();
-    }
-
-    /// This endpoint's counters.
-    pub fn counters(&self) -> Counters {
-        self.waker.fill(self.core.counters)
-    }
-
-    /// Why the channel is broken, if it is.
-    pub fn broken(&self) -> Option<&str> {
-        self.core.broken.as_deref()
-    }
-
     /// Buffers in the pool, and of those free now.
     pub fn buffers(&self) -> (usize, usize) {
         (self.pool.buffers(), self.pool.free_count())
@@ -497,12 +468,10 @@ fn ready(
     Ok(full.refresh().map_err(|e| core.index_violation(e))? > 0 && pool.free_count() > 0)
 }
 
-impl AsFd for Producer {
-    /// Readable when the consumer made progress (room on the full FIFO, buffers returned).
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.waker.fd()
-    }
-}
+crate::channel::endpoint_common!(
+    Producer,
+    "Readable when the consumer made progress (room on the full FIFO, buffers returned)."
+);
 
 /// The driver's end of a transmit channel: pops and validates iorecs, copies their bytes out,
 /// releases them back. Treats everything in shared memory as hostile; maps the data area
@@ -873,15 +842,12 @@ impl Consumer {
 
     /// Whether `pop` would return something now.
     pub fn ready(&mut self) -> Result<bool> {
-        self.core.check()?;
-        let limit = consumable(
+        can_consume(
             &mut self.core,
             &mut self.full,
             &mut self.empty,
             self.held_slots,
-            1,
-        )?;
-        Ok(self.full.head_fits(limit))
+        )
     }
 
     /// Blocks until [`ready`](Self::ready) or `timeout` (`Err(Timeout)`).
@@ -894,36 +860,7 @@ impl Consumer {
             held_slots,
             ..
         } = self;
-        waker.wait(timeout, || {
-            core.check()?;
-            let limit = consumable(core, full, empty, *held_slots, 1)?;
-            Ok(full.head_fits(limit))
-        })
-    }
-
-    /// For event loops: see [`Producer::prepare_wait`].
-    pub fn prepare_wait(&mut self) -> Result<bool> {
-        self.waker.arm();
-        let r = self.ready();
-        if !matches!(r, Ok(false)) {
-            self.waker.disarm();
-        }
-        r
-    }
-
-    /// Disarms the wake-up and drains the eventfd after a sleep.
-    pub fn finish_wait(&mut self) {
-        self.waker.disarm();
-    }
-
-    /// This endpoint's counters.
-    pub fn counters(&self) -> Counters {
-        self.waker.fill(self.core.counters)
-    }
-
-    /// Why the channel is broken, if it is.
-    pub fn broken(&self) -> Option<&str> {
-        self.core.broken.as_deref()
+        waker.wait(timeout, || can_consume(core, full, empty, *held_slots))
     }
 
     /// Iorecs popped and not yet released.
@@ -938,9 +875,4 @@ impl Consumer {
     }
 }
 
-impl AsFd for Consumer {
-    /// Readable when the producer pushed or reclaimed.
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.waker.fd()
-    }
-}
+crate::channel::endpoint_common!(Consumer, "Readable when the producer pushed or reclaimed.");
