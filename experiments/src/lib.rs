@@ -15,6 +15,7 @@ pub mod experiments;
 pub mod linux;
 pub mod pacer;
 pub mod plot;
+pub mod progress;
 pub mod receive;
 pub mod report;
 pub mod run;

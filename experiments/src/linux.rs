@@ -11,6 +11,7 @@ use nemflow_testkit::{ip, unique_name, Netns};
 
 use crate::capture::{udp_src_port, Capture};
 use crate::definition::Definition;
+use crate::progress::Progress;
 use crate::run::{in_netns, realtime_ns, Children, Measured, RunOptions, DISCARD_PORT};
 use crate::series::Series;
 
@@ -97,6 +98,11 @@ pub fn senders_on_linux(def: &Definition, opts: &RunOptions) -> Result<Measured,
     let mut started = vec![false; def.senders.len()];
     let total = Duration::from_secs_f64(def.duration_s);
     let blaster = nemflow_testkit::driver::workspace_binary("linux-udp-blast");
+    let mut progress = Progress::new(
+        format!("{} on Linux", def.experiment),
+        def.duration_s,
+        opts.progress,
+    );
     while start.elapsed() < total && !opts.stop.load(Ordering::Relaxed) {
         let t = start.elapsed().as_secs_f64();
         for (i, s) in def.senders.iter().enumerate() {
@@ -122,17 +128,10 @@ pub fn senders_on_linux(def: &Definition, opts: &RunOptions) -> Result<Measured,
                 children.push(s.name.clone(), child);
             }
         }
-        if opts.progress {
-            eprint!(
-                "\r  {} on Linux:   {:>3.0}/{:.0} s",
-                def.experiment, t, def.duration_s
-            );
-        }
+        progress.tick(t, "");
         std::thread::sleep(Duration::from_millis(50));
     }
-    if opts.progress {
-        eprintln!();
-    }
+    progress.finish();
     children.stop_all();
     let captured = capture.finish()?;
     Ok(Measured {

@@ -18,6 +18,7 @@ use nemflow_testkit::frames::{HOST_MAC, PEER_MAC};
 use crate::definition::{Definition, Receiver};
 use crate::linux::{VethLink, LINUX_HOST, LINUX_REMOTE};
 use crate::pacer::{self, Stream};
+use crate::progress::Progress;
 use crate::report::{judge, Check, FlowResult, Summary};
 use crate::run::{in_netns, samples_from_sink_log, start_host, Children, RunOptions};
 use crate::series::{Sample, Series};
@@ -285,15 +286,11 @@ fn on_nemflow(def: &Definition, opts: &RunOptions) -> Result<(NemflowRun, Vec<Ch
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
             let t = Instant::now();
+            let mut p = Progress::new("7 on nemflow", duration.as_secs_f64(), true);
             while t.elapsed() < duration && !stop.load(Ordering::Relaxed) {
-                eprint!(
-                    "\r  7 on nemflow: {:>3.0}/{:.0} s",
-                    t.elapsed().as_secs_f64(),
-                    duration.as_secs_f64()
-                );
-                std::thread::sleep(Duration::from_millis(500));
+                p.tick(t.elapsed().as_secs_f64(), "");
+                std::thread::sleep(Duration::from_millis(100));
             }
-            eprintln!();
         })
     });
     let sent = pacer::run(&netns, &iface, &streams, duration, &stop)?;

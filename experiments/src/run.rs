@@ -13,6 +13,7 @@ use nemflow_testkit::system::{stop_child, NemflowHost};
 
 use crate::capture::{udp_src_port, Capture};
 use crate::definition::Definition;
+use crate::progress::Progress;
 use crate::series::{Sample, Series};
 
 /// The remote host's address in every topology.
@@ -135,7 +136,11 @@ pub fn senders_on_nemflow(def: &Definition, opts: &RunOptions) -> Result<Measure
     let mut children = Children::default();
     let mut started = vec![false; def.senders.len()];
     let total = Duration::from_secs_f64(def.duration_s);
-    let mut last_progress = 0;
+    let mut progress = Progress::new(
+        format!("{} on nemflow", def.experiment),
+        def.duration_s,
+        opts.progress,
+    );
     while start.elapsed() < total && !opts.stop.load(Ordering::Relaxed) {
         let t = start.elapsed().as_secs_f64();
         for (i, s) in def.senders.iter().enumerate() {
@@ -153,18 +158,10 @@ pub fn senders_on_nemflow(def: &Definition, opts: &RunOptions) -> Result<Measure
                 opts.out.display()
             ));
         }
-        if opts.progress && t as u64 > last_progress {
-            last_progress = t as u64;
-            eprint!(
-                "\r  {} on nemflow: {:>3.0}/{:.0} s",
-                def.experiment, t, def.duration_s
-            );
-        }
+        progress.tick(t, "");
         std::thread::sleep(Duration::from_millis(20));
     }
-    if opts.progress {
-        eprintln!();
-    }
+    progress.finish();
     children.stop_all();
     let captured = capture.finish()?;
     host.stop_and_keep_logs(&opts.out)?;

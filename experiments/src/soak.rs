@@ -17,6 +17,7 @@ use nemflow_testkit::driver::{DriverClient, DriverOptions};
 use nemflow_testkit::system::NemflowHost;
 
 use crate::capture::{udp_src_port, Capture};
+use crate::progress::Progress;
 use crate::report::{judge, Check, Summary};
 use crate::run::{realtime_ns, Children, RunOptions, DISCARD_PORT, REMOTE};
 use crate::series::Series;
@@ -161,25 +162,20 @@ pub fn soak(opts: &SoakOptions, run: &RunOptions) -> Result<Summary, String> {
     };
     let start_ns = realtime_ns();
     let start = Instant::now();
+    let mut progress = Progress::new("soak", opts.duration.as_secs_f64(), run.progress);
     while start.elapsed() < opts.duration && !run.stop.load(Ordering::Relaxed) {
         let failed = children.failed();
         if !failed.is_empty() {
             stop.store(true, Ordering::Relaxed);
             return Err(failed.join("; "));
         }
-        if run.progress {
-            eprint!(
-                "\r  soak: {:>4.0}/{:.0} s, {} flows churned",
-                start.elapsed().as_secs_f64(),
-                opts.duration.as_secs_f64(),
-                churned.load(Ordering::Relaxed)
-            );
-        }
+        progress.tick(
+            start.elapsed().as_secs_f64(),
+            &format!("{} flows churned", churned.load(Ordering::Relaxed)),
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    if run.progress {
-        eprintln!();
-    }
+    progress.finish();
     stop.store(true, Ordering::Relaxed);
     let churn_result = churn
         .join()
