@@ -88,6 +88,10 @@ struct Args {
     /// Frames per stage-cost sample batch count (each batch is 32 frames).
     #[arg(long, default_value_t = 20_000)]
     stage_batches: usize,
+    /// Transmit channel depth per flow (iorecs), instead of the default: 512 for one flow,
+    /// 256 for 16, 64 from 64 flows on.
+    #[arg(long)]
+    tx_slots: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -578,7 +582,8 @@ fn tx_part<P: Port>(
 ) -> Res<Vec<TxRow>> {
     let mut rows = Vec::new();
     for &flows in &args.tx_flows {
-        let mut apps = install(dp, flows, slots_for(flows), 16, clock)?;
+        let slots = args.tx_slots.unwrap_or_else(|| slots_for(flows));
+        let mut apps = install(dp, flows, slots, 16, clock)?;
         let mut mine: Vec<TxRow> = args
             .sizes
             .iter()
