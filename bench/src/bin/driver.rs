@@ -88,8 +88,8 @@ struct Args {
     /// Frames per stage-cost sample batch count (each batch is 32 frames).
     #[arg(long, default_value_t = 20_000)]
     stage_batches: usize,
-    /// Transmit channel depth per flow (iorecs), instead of the default: 512 for one flow,
-    /// 256 for 16, 64 from 64 flows on.
+    /// Transmit channel depth per flow (iorecs), instead of the default: 512 iorecs in flight
+    /// in all, at least 16 per flow (512 for one flow, 32 for 16, 16 for 1 000).
     #[arg(long)]
     tx_slots: Option<u32>,
 }
@@ -261,7 +261,14 @@ fn flow_template(i: usize) -> Template {
     }
 }
 
-/// Channel depth per flow: deep for few flows, 64 buffers each for many.
+/// Transmit channel depth per flow: 512 iorecs in flight in all (1 MiB of 2 KiB buffers, the
+/// L2 of one of this machine's cores), at least 16 per flow. A saturated port gains nothing from
+/// deeper channels, and payload that has left the L2 costs the copy (BENCHMARKS.md, driver).
+fn tx_slots_for(flows: usize) -> u32 {
+    (512 / flows.max(1)).clamp(16, 512).next_power_of_two() as u32
+}
+
+/// Receive channel depth per flow: deep for few flows, 64 buffers each for many.
 fn slots_for(flows: usize) -> u32 {
     let s = (4096 / flows.max(1)).clamp(64, 512);
     s.next_power_of_two().min(512) as u32
@@ -582,7 +589,7 @@ fn tx_part<P: Port>(
 ) -> Res<Vec<TxRow>> {
     let mut rows = Vec::new();
     for &flows in &args.tx_flows {
-        let slots = args.tx_slots.unwrap_or_else(|| slots_for(flows));
+        let slots = args.tx_slots.unwrap_or_else(|| tx_slots_for(flows));
         let mut apps = install(dp, flows, slots, 16, clock)?;
         let mut mine: Vec<TxRow> = args
             .sizes
@@ -1456,7 +1463,7 @@ fn rdtsc() -> u64 {
 /// Transmit stages with `flows` flows of `len`-byte frames, on `port` (net_null): each batch
 /// does what `transmit_one` does for 32 frames, stage by stage, each stage timed.
 fn tx_stages<'e>(port: &mut EthPort<'e>, flows: usize, len: usize, batches: usize) -> Res<Stages> {
-    let slots = slots_for(flows);
+    let slots = tx_slots_for(flows);
     let tx_spec = spec(slots);
     let mut apps = Vec::with_capacity(flows);
     let mut cons = Vec::with_capacity(flows);
