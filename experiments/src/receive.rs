@@ -221,7 +221,7 @@ fn streams(
 
 fn on_nemflow(def: &Definition, opts: &RunOptions) -> Result<(NemflowRun, Vec<Check>), String> {
     let logs = log_dir()?;
-    let host = start_host(def)?;
+    let mut host = start_host(def)?;
     let mut children = Children::default();
     for r in &def.receivers {
         let log = std::fs::File::create(logs.path().join(format!("{}.sink.log", r.port)))
@@ -384,8 +384,30 @@ fn on_nemflow(def: &Definition, opts: &RunOptions) -> Result<(NemflowRun, Vec<Ch
     )
     .map_err(|e| e.to_string())?;
     std::fs::write(opts.out.join("7-droplog.json"), json).map_err(|e| e.to_string())?;
-    drop(host);
+    host.stop_and_keep_logs(&opts.out)?;
+    if let Some((stalls, max_gap_us)) = driver_loop_stalls(&opts.out.join("driver.log")) {
+        checks.push(Check::info(
+            "the driver's poll loop",
+            format!(
+                "{stalls} rounds came over 1 ms late, the longest gap {:.1} ms (a late round \
+                 delays every flow's frames alike)",
+                max_gap_us as f64 / 1000.0
+            ),
+        ));
+    }
     Ok((NemflowRun { sinks, sent }, checks))
+}
+
+/// The driver's count of poll-loop rounds that came over 1 ms late and its longest gap between
+/// rounds (µs), from the line it logs when it stops.
+fn driver_loop_stalls(log: &std::path::Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|l| l.contains("driver stopping"))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    Some((field("loop_stalls_over_1ms")?, field("loop_max_gap_us")?))
 }
 
 /// The same sinks on Linux sockets, fed the same schedule over a veth pair; returns what they
