@@ -170,7 +170,17 @@ pub fn serve(config: &Config) -> Result<(), RunError> {
         let busy = work.received > 0 || work.sent > 0;
         let mut served = 0;
         if !busy || round.is_multiple_of(CONTROL_EVERY) {
+            let t_control = Instant::now();
             served = control.poll(&mut dp, now_ns);
+            let took = t_control.elapsed();
+            if took > Duration::from_millis(1) {
+                // The data path waited for these requests (they run on its thread).
+                tracing::debug!(
+                    us = took.as_micros() as u64,
+                    served,
+                    "slow control requests"
+                );
+            }
         }
         if busy || served > 0 {
             last_work = Instant::now();
